@@ -1,0 +1,39 @@
+# Developer entry points. `make test` builds .venv on a fresh machine by itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN := $(if $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2),LD_PRELOAD=libjemalloc.so.2,)
+export WANDB_MODE ?= disabled
+
+.PHONY: install test test-slow lint demo bench-data bench-step clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,cluster]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+demo: $(STAMP)
+	$(RUN) $(PY) -m meta_kd_sr.demo
+
+bench-data: $(STAMP)
+	$(RUN) $(PY) benchmarks/bench_data.py
+
+bench-step: $(STAMP)
+	$(RUN) $(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
