@@ -1,0 +1,151 @@
+"""Inference helpers: x8 geometric self-ensemble, tiled forward for large images, the bicubic baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import product
+
+from torch import Tensor
+
+from meta_kd_sr.data.imresize import imresize
+
+ModelFn = Callable[[Tensor], Tensor]
+
+
+def _check_lq(name: str, lq: Tensor) -> None:
+    if not hasattr(lq, "is_floating_point") or not lq.is_floating_point() or lq.dim() != 4:
+        raise ValueError(
+            f"{name} expects lq as a float (B, C, h, w) tensor, got "
+            f"{getattr(lq, 'dtype', type(lq).__name__)} of shape {tuple(getattr(lq, 'shape', ()))}"
+        )
+
+
+def _check_positive_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _transform(x: Tensor, transpose: bool, vflip: bool, hflip: bool) -> Tensor:
+    if transpose:
+        x = x.transpose(-2, -1)
+    if vflip:
+        x = x.flip(-2)
+    if hflip:
+        x = x.flip(-1)
+    return x
+
+
+def _inverse(x: Tensor, transpose: bool, vflip: bool, hflip: bool) -> Tensor:
+    if hflip:
+        x = x.flip(-1)
+    if vflip:
+        x = x.flip(-2)
+    if transpose:
+        x = x.transpose(-2, -1)
+    return x
+
+
+def self_ensemble(model_fn: ModelFn, lq: Tensor) -> Tensor:
+    """Geometric self-ensemble x8 (EDSR's "+"): the mean over the 8 flips/transposes, each mapped back.
+
+    Each of the 8 combinations of transpose, vertical flip and horizontal flip is applied to ``lq``, the
+    model is run, the output is mapped back, and the 8 results are averaged. Gradients are not disabled:
+    call it under ``torch.no_grad()`` for evaluation.
+
+    Args:
+        model_fn: any callable lq (B, C, h, w) -> sr (B, C', h * s, w * s); it receives transposed
+            (w x h) inputs too.
+        lq: (B, C, h, w) float input.
+
+    Returns:
+        (B, C', h * s, w * s) the averaged SR output.
+    """
+    _check_lq("self_ensemble", lq)
+    total = None
+    for transpose, vflip, hflip in product((False, True), repeat=3):
+        sr = _inverse(model_fn(_transform(lq, transpose, vflip, hflip)), transpose, vflip, hflip)
+        if total is not None and sr.shape != total.shape:
+            raise ValueError(
+                f"self_ensemble: model_fn output maps back to shape {tuple(sr.shape)} for transform "
+                f"(transpose={transpose}, vflip={vflip}, hflip={hflip}) "
+                f"but {tuple(total.shape)} for the identity"
+            )
+        total = sr if total is None else total + sr
+    return total / 8
+
+
+def _windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, end) of the input window and (lo, hi) of the part kept, LR coords.
+
+    Windows have size ``tile`` (the last one is shifted to end at ``length``); each keeps its centre, with
+    ``overlap`` context pixels dropped on sides that are not an image border. The kept parts cover
+    [0, length); where two overlap (only next to the last window) both hold the same values for a model
+    whose receptive-field radius is at most ``overlap``.
+    """
+    if length <= tile:
+        return [(0, length, 0, length)]
+    stride = tile - 2 * overlap
+    starts = [*range(0, length - tile, stride), length - tile]
+    return [
+        (s, s + tile, s + overlap if s > 0 else 0, s + tile - overlap if s + tile < length else length)
+        for s in starts
+    ]
+
+
+def tiled_forward(model_fn: ModelFn, lq: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
+    """Run ``model_fn`` tile by tile on a large LR input and stitch the SR tiles by centre-cropping.
+
+    Every LR tile is ``tile x tile`` pixels (smaller only if the image is) and carries ``overlap`` pixels of
+    context on each side facing another tile; that context is cropped from the SR tile before stitching
+    (``overlap * scale`` SR pixels), so no averaging is needed. For a model whose receptive-field radius in
+    LR pixels is at most ``overlap`` (and which pads like at the image border), the result equals the full
+    forward pass.
+
+    Args:
+        model_fn: callable lq (B, C, h, w) -> sr (B, C', h * scale, w * scale).
+        lq: (B, C, H, W) float input.
+        scale: the model's upscaling factor.
+        tile: LR tile size in pixels, larger than ``2 * overlap``.
+        overlap: LR context pixels on each inner side of a tile.
+
+    Returns:
+        (B, C', H * scale, W * scale) the stitched SR output.
+    """
+    _check_lq("tiled_forward", lq)
+    _check_positive_int("scale", scale, 1)
+    _check_positive_int("tile", tile, 1)
+    _check_positive_int("overlap", overlap, 0)
+    if tile <= 2 * overlap:
+        raise ValueError(f"tile must be larger than 2 * overlap, got tile={tile}, overlap={overlap}")
+    height, width = lq.shape[-2:]
+    out = None
+    for (y0, y1, ky0, ky1), (x0, x1, kx0, kx1) in product(
+        _windows(height, tile, overlap), _windows(width, tile, overlap)
+    ):
+        sr = model_fn(lq[..., y0:y1, x0:x1])
+        expected = ((y1 - y0) * scale, (x1 - x0) * scale)
+        if sr.dim() != 4 or tuple(sr.shape[-2:]) != expected:
+            raise ValueError(
+                f"tiled_forward: model_fn returned shape {tuple(sr.shape)} for a {y1 - y0}x{x1 - x0} tile, "
+                f"expected spatial size {expected[0]}x{expected[1]} at scale={scale}"
+            )
+        if out is None:
+            out = sr.new_zeros(sr.shape[0], sr.shape[1], height * scale, width * scale)
+        out[..., ky0 * scale : ky1 * scale, kx0 * scale : kx1 * scale] = sr[
+            ..., (ky0 - y0) * scale : (ky1 - y0) * scale, (kx0 - x0) * scale : (kx1 - x0) * scale
+        ]
+    return out
+
+
+def upscale_bicubic(lq: Tensor, scale: int) -> Tensor:
+    """The bicubic baseline: MATLAB-compatible bicubic upscaling (no clamping; the metric quantises).
+
+    Args:
+        lq: (B, C, h, w) or (C, h, w) float input in [0, 1].
+        scale: integer upscaling factor >= 1.
+
+    Returns:
+        (B, C, h * scale, w * scale) or (C, h * scale, w * scale), same dtype as ``lq``.
+    """
+    _check_positive_int("scale", scale, 1)
+    return imresize(lq, scale)
