@@ -1,0 +1,95 @@
+"""Real RGB photos shipped inside scikit-image's wheel: an offline SR dataset for tests and the CPU demo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from meta_kd_sr.data.paired import ImageRecord, PairedImageDataset
+
+# RGB photos whose files are part of the scikit-image wheel (loaded without network).
+_LOADERS = {
+    "astronaut": ("astronaut", None),
+    "chelsea": ("chelsea", None),
+    "coffee": ("coffee", None),
+    "rocket": ("rocket", None),
+    "hubble_deep_field": ("hubble_deep_field", None),
+    "immunohistochemistry": ("immunohistochemistry", None),
+    "retina": ("retina", None),
+    "colorwheel": ("colorwheel", None),
+    "motorcycle_left": ("stereo_motorcycle", 0),
+    "motorcycle_right": ("stereo_motorcycle", 1),
+}
+EMBEDDED_PHOTOS = tuple(_LOADERS)
+# `skimage.data.cat()` is the very same photo as `chelsea()`: resolving the alias keeps splits disjoint.
+PHOTO_ALIASES = {"cat": "chelsea"}
+
+
+def load_photo(name: str) -> torch.Tensor:
+    """One embedded photo as a (3, H, W) uint8 tensor (``name`` from ``EMBEDDED_PHOTOS`` or an alias)."""
+    import skimage.data
+
+    function, item = _LOADERS[_canonical(name)]
+    array = getattr(skimage.data, function)()
+    array = array[item] if item is not None else array
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"embedded photo {name} is not 8-bit RGB: {array.dtype} {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def _canonical(name: str) -> str:
+    name = PHOTO_ALIASES.get(name, name)
+    if name not in _LOADERS:
+        raise ValueError(
+            f"unknown embedded photo {name!r}: valid names are {', '.join(EMBEDDED_PHOTOS)} "
+            f"(aliases: {PHOTO_ALIASES})"
+        )
+    return name
+
+
+class EmbeddedPhotos(PairedImageDataset):
+    """scikit-image's natural photos as an SR dataset; LR made with MATLAB bicubic on uint8 images.
+
+    Images are decoded and their LR generated in memory once per process (nothing is written to disk).
+    Items and train/eval behaviour as in :class:`PairedImageDataset`; names are the canonical photo names
+    (``"cat"`` becomes ``"chelsea"``, the same photo).
+
+    Args:
+        names: photo names from ``EMBEDDED_PHOTOS``.
+        scale: 2, 3 or 4.
+        train: random patches (True) or full images, cropped to a multiple of the scale (False).
+        patch_size: HR patch side, required in train mode.
+        augment: random h-flip, v-flip, transpose in train mode.
+        samples_per_epoch: train-mode length (default: the number of photos).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        scale: int,
+        train: bool,
+        patch_size: int | None = None,
+        augment: bool = True,
+        samples_per_epoch: int | None = None,
+    ) -> None:
+        if isinstance(names, str) or len(names) == 0:
+            raise ValueError(f"names must be a non-empty list of photo names, got {names!r}")
+        canonical = [_canonical(str(n)) for n in names]
+        duplicates = sorted({n for n in canonical if canonical.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate embedded photos (after resolving aliases): {duplicates}")
+        super().__init__(
+            [ImageRecord(n, None) for n in canonical],
+            scale,
+            train=train,
+            patch_size=patch_size,
+            augment=augment,
+            samples_per_epoch=samples_per_epoch,
+            cache="memory",
+            cache_dir=None,
+        )
+
+    def _read_hr(self, img: int) -> torch.Tensor:
+        return load_photo(self.records[img].name)
