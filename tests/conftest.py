@@ -9,6 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Tiny tensors on 2 busy cores: one intra-op thread avoids OpenMP barrier stalls.
+torch.set_num_threads(1)
 
 
 def _photo(name: str) -> np.ndarray:

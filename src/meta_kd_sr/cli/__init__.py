@@ -1,0 +1,28 @@
+"""Hydra entry points: the only code of the library that imports hydra."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# `${mul:${lq_patch},${scale}}`: HR patch sizes follow the scale (48 LR pixels at x2/x3/x4, as EDSR trains).
+OmegaConf.register_new_resolver("mul", lambda *xs: __import__("math").prod(xs), replace=True)
+
+
+def config_dir() -> str:
+    """Absolute path of the Hydra config tree (``conf/``).
+
+    ``META_KD_SR_CONF`` wins; then the checkout's ``conf/`` (editable installs); then the copy packaged in the
+    wheel as ``meta_kd_sr/conf``.
+    """
+    env = os.environ.get("META_KD_SR_CONF")
+    if env:
+        return str(Path(env).resolve())
+    checkout = Path(__file__).resolve().parents[3] / "conf"
+    if (checkout / "train.yaml").is_file():
+        return str(checkout)
+    packaged = resources.files("meta_kd_sr") / "conf"
+    return str(Path(str(packaged)).resolve())

@@ -1,0 +1,205 @@
+"""The LightningModule: one module for supervised training, KD baselines and meta KD.
+
+It wires built objects (student, optional frozen teacher, distiller, optimizers) and holds no maths: the
+losses live in :mod:`meta_kd_sr.distill`, the meta step in :mod:`meta_kd_sr.meta` and the evaluation
+protocol in :mod:`meta_kd_sr.metrics`. Optimisation is manual, so the meta step, the KRNet step and the
+student step can run in the order of the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from meta_kd_sr.distill import Distiller
+from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.metrics import PSNRY, SSIMY
+from meta_kd_sr.module_meta import MetaSettings, frozen, meta_update
+from meta_kd_sr.teacher import freeze_teacher
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class SRModule(pl.LightningModule):
+    """Train an SR network with L1 (no teacher), a KD baseline, or meta knowledge distillation.
+
+    Args:
+        student: the network being trained; ``student(lq, return_feats=True) -> (sr, feats)``.
+        optimizer: factory ``params -> Optimizer`` for the student and its adapters.
+        scale: SR factor; also the protocol's border crop unless ``crop_border`` is given.
+        distiller: turns outputs and features into named loss terms; ``None`` means plain L1 to GT.
+        teacher: frozen network, required by every distiller that needs one.
+        scheduler: factory ``optimizer -> LRScheduler`` stepped once per training iteration.
+        meta: settings of the meta step; used when the distiller has meta parameters (KRNets).
+        crop_border: pixels removed on each side for PSNR/SSIM (default: ``scale``).
+        val_self_ensemble: evaluate with the x8 self-ensemble.
+        val_tile: LR tile size for tiled validation of large images (``None``: whole image).
+        student_config: the student's constructor config, saved so a checkpoint rebuilds it.
+        teacher_config: the teacher's config (network + checkpoint path), saved for the same reason.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        optimizer: OptimizerFactory,
+        scale: int,
+        distiller: Distiller | None = None,
+        teacher: nn.Module | None = None,
+        scheduler: SchedulerFactory | None = None,
+        meta: MetaSettings | Mapping[str, Any] | None = None,
+        crop_border: int | None = None,
+        val_self_ensemble: bool = False,
+        val_tile: int | None = None,
+        student_config: Mapping[str, Any] | None = None,
+        teacher_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.student = student
+        self.distiller = distiller if distiller is not None else Distiller()
+        if self.distiller.needs_teacher and teacher is None:
+            raise ValueError(
+                "this distillation method needs a teacher: set teacher=<preset> teacher.ckpt_path=..."
+            )
+        self.teacher = freeze_teacher(teacher) if teacher is not None else None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.meta = meta if isinstance(meta, MetaSettings) else MetaSettings(**dict(meta or {}))
+        self.scale = int(scale)
+        self.crop_border = self.scale if crop_border is None else int(crop_border)
+        self.val_self_ensemble = val_self_ensemble
+        self.val_tile = val_tile
+        self.val_psnr, self.val_ssim = PSNRY(self.crop_border), SSIMY(self.crop_border)
+        self.save_hyperparameters(
+            {
+                "scale": self.scale,
+                "crop_border": self.crop_border,
+                "student_config": student_config,
+                "teacher_config": teacher_config,
+                "meta": self.meta.as_dict(),
+            }
+        )
+
+    # ----------------------------------------------------------------------------------------- setup
+    @property
+    def meta_enabled(self) -> bool:
+        """Whether KRNets are trained by the meta-gradient in this run."""
+        return self.meta.enabled and bool(self.distiller.meta_parameters())
+
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        """Student (+ adapters) optimizer, and the KRNet optimizer when meta learning is on."""
+        params = list(self.student.parameters()) + list(self.distiller.student_side_parameters())
+        groups = [self.optimizer_factory(params)]
+        if self.meta_enabled:
+            groups.append(self.meta.build_optimizer(self.distiller.meta_parameters()))
+        out = []
+        for opt in groups:
+            entry: dict[str, Any] = {"optimizer": opt}
+            if self.scheduler_factory is not None:
+                entry["lr_scheduler"] = {"scheduler": self.scheduler_factory(opt), "interval": "step"}
+            out.append(entry)
+        return out
+
+    def train(self, mode: bool = True) -> SRModule:
+        """Switch the trainable parts; the teacher stays in eval mode whatever ``mode`` is."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # -------------------------------------------------------------------------------------- training
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        """Super-resolve with the student alone. lq: (B, 3, h, w) in [0, 1] -> (B, 3, s*h, s*w)."""
+        return self.student(lq)
+
+    @torch.no_grad()
+    def teacher_forward(self, lq: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+        """Teacher SR and features on ``lq``, once per batch, without a graph (or ``None, None``)."""
+        if self.teacher is None or not self.distiller.needs_teacher:
+            return None, None
+        sr_t, feats_t = self.teacher(lq, return_feats=True)
+        return sr_t, feats_t
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """One iteration: teacher forward, [meta step, KRNet step], student step."""
+        train = batch["train"] if "train" in batch else batch
+        lq, gt = train["lq"], train["gt"]
+        sr_t, feats_t = self.teacher_forward(lq)
+        opts = self.optimizers()
+        opt_s = opts[0] if isinstance(opts, list) else opts
+        student_out, logs = None, {}
+        if self.meta_enabled and self.meta.is_due(self.global_step):
+            student_out, logs = meta_update(self, opts[1], opt_s, lq, gt, batch["meta"], sr_t, feats_t)
+        sr, feats = student_out if student_out is not None else self.student(lq, return_feats=True)
+        with frozen(self.distiller.meta_parameters()):
+            terms = self.distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
+        opt_s.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"])
+        opt_s.step()
+        self._step_schedulers()
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=lq.shape[0]
+        )
+        if logs:
+            self.log_dict(logs, batch_size=lq.shape[0])
+        self.log("train/lr", opt_s.param_groups[0]["lr"], batch_size=lq.shape[0])
+        return terms["loss"].detach()
+
+    def _step_schedulers(self) -> None:
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            sched.step()
+
+    # ------------------------------------------------------------------------------------ validation
+    def super_resolve(self, net: nn.Module, lq: torch.Tensor) -> torch.Tensor:
+        """SR with the validation options (self-ensemble, tiling), clamped to [0, 1]."""
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if self.val_tile:
+                return tiled_forward(
+                    net, x, scale=self.scale, tile=self.val_tile, overlap=max(4, self.val_tile // 8)
+                )
+            return net(x)
+
+        sr = self_ensemble(run, lq) if self.val_self_ensemble else run(lq)
+        return sr.clamp(0, 1)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Per-image PSNR_y / SSIM_y of the student (the SR protocol of :mod:`meta_kd_sr.metrics`)."""
+        sr = self.super_resolve(self.student, batch["lq"])
+        self.val_psnr.update(sr, batch["gt"])
+        self.val_ssim.update(sr, batch["gt"])
+        self.log("val/psnr_y", self.val_psnr, prog_bar=True, batch_size=sr.shape[0])
+        self.log("val/ssim_y", self.val_ssim, batch_size=sr.shape[0])
+
+    def on_train_start(self) -> None:
+        """Log the teacher's validation PSNR_y once, so a wrong teacher shows at step 0."""
+        if self.teacher is None or self.trainer.datamodule is None:
+            return
+        loader = self.trainer.datamodule.val_dataloader()
+        if loader is None:
+            return
+        metric = PSNRY(self.crop_border).to(self.device)
+        with torch.no_grad():
+            for batch in loader:
+                lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
+                metric.update(self.super_resolve(self.teacher, lq), gt)
+        self.log("val/teacher_psnr_y", metric.compute(), rank_zero_only=False, sync_dist=False)
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the teacher out of checkpoints: it is rebuilt from its own checkpoint path."""
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the current teacher's tensors back so strict loading of a student checkpoint works."""
+        if self.teacher is not None:
+            state = checkpoint["state_dict"]
+            state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
