@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests
 
 demo: $(STAMP)
-	$(RUN) $(PY) -m meta_kd_sr.demo
+	$(RUN) $(PY) -m meta_kd_sr.cli.demo
 
 bench-data: $(STAMP)
 	$(RUN) $(PY) benchmarks/bench_data.py

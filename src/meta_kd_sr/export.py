@@ -58,3 +58,18 @@ def export_student(ckpt_path: str | Path, out_path: str | Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict(), "config": config}, out_path)
     return out_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``meta-kd-sr-export <training checkpoint> <out.pt>``: write the student alone."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="meta-kd-sr-export", description=main.__doc__)
+    parser.add_argument("ckpt_path", help="training checkpoint (.ckpt) written by meta-kd-sr-train")
+    parser.add_argument("out_path", help="output file (.pt): {'state_dict', 'config'}")
+    args = parser.parse_args(argv)
+    print(export_student(args.ckpt_path, args.out_path))
+
+
+if __name__ == "__main__":
+    main()

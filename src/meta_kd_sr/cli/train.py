@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli.evaluate import evaluate
+from meta_kd_sr.export import export_student
 from meta_kd_sr.module import SRModule
 from meta_kd_sr.teacher import load_teacher
 
@@ -52,30 +54,62 @@ def _instantiate_dict(group: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the configured run and return its final metrics and checkpoint paths."""
+    """Fit the configured run, evaluate its best checkpoint, export the student; return what was written."""
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=_instantiate_dict(cfg.get("callbacks")),
-        logger=_instantiate_dict(cfg.get("logger")) or False,
-    )
+    callbacks, loggers = _instantiate_dict(cfg.get("callbacks")), _instantiate_dict(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
-    ckpt_cb = trainer.checkpoint_callback
-    result = {
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-        "best_ckpt": getattr(ckpt_cb, "best_model_path", "") or None,
-        "last_ckpt": getattr(ckpt_cb, "last_model_path", "") or None,
+    result: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "global_step": trainer.global_step,
+        "iterations": trainer.global_step,
+        "train_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
     }
+    ckpt = _final_checkpoint(trainer)
+    result["checkpoint"] = ckpt
+    if cfg.evaluation.after_fit and datamodule.dataset("val") is not None:
+        metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        result["val"] = {k.removeprefix("val/"): float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
-        (output_dir / "train_result.json").write_text(json.dumps(result, indent=2))
-        log.info("train result: %s", json.dumps(result))
+        if ckpt:
+            result["student"] = str(export_student(ckpt, output_dir / "student.pt"))
+            result["benchmarks"] = _evaluate_benchmarks(cfg, result["student"])
+        (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        log.info("run result: %s", json.dumps(result))
     return result
+
+
+def _final_checkpoint(trainer: pl.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return None
+    return getattr(cb, "best_model_path", "") or getattr(cb, "last_model_path", "") or None
+
+
+def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] | None:
+    """The SR protocol on ``evaluation.hr_dirs`` (e.g. Set5 ... Manga109) for the exported student."""
+    hr_dirs = cfg.evaluation.get("hr_dirs") or []
+    if not hr_dirs:
+        return None
+    eval_cfg = OmegaConf.create(
+        {
+            "ckpt_path": student_path,
+            "scale": cfg.scale,
+            "hr_dirs": list(hr_dirs),
+            "output_json": None,
+            "crop_border": None,
+            "self_ensemble": cfg.evaluation.self_ensemble,
+            "tile": cfg.val.tile,
+            "tile_overlap": 16,
+            "device": "auto",
+            "model": None,
+            "format": None,
+        }
+    )
+    return evaluate(eval_cfg)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

@@ -25,6 +25,7 @@ _LOADERS = {
 EMBEDDED_PHOTOS = tuple(_LOADERS)
 # `skimage.data.cat()` is the very same photo as `chelsea()`: resolving the alias keeps splits disjoint.
 PHOTO_ALIASES = {"cat": "chelsea"}
+_PAIRS: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def load_photo(name: str) -> torch.Tensor:
@@ -93,3 +94,10 @@ class EmbeddedPhotos(PairedImageDataset):
 
     def _read_hr(self, img: int) -> torch.Tensor:
         return load_photo(self.records[img].name)
+
+    def _decode_pair(self, img: int, gt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # The photos never change: make each (photo, scale) LR once per process, not once per dataset.
+        key = (self.records[img].name, self.scale)
+        if key not in _PAIRS:
+            _PAIRS[key] = super()._decode_pair(img, gt)
+        return _PAIRS[key]

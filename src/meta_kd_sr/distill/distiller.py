@@ -169,7 +169,7 @@ class Distiller(nn.Module):
         return self.has_kd_loss
 
     def meta_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the KD loss modules themselves (KRNets); empty for hand-crafted losses or when frozen."""
+        """Parameters of the KD loss modules (KRNets); empty for hand-crafted losses or when frozen."""
         return list(self.kd_losses.parameters()) if self.meta_learn else []
 
     def student_side_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,59 @@
+"""Every preset composes and builds the objects it names (no training, no data on disk needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from meta_kd_sr.cli import config_dir
+from meta_kd_sr.models import EDSR, RCAN
+
+EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+DISTILL = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name):
+    cfg = _compose(
+        [f"experiment={name}", "teacher.ckpt_path=/some/teacher.pt"]
+        if "kd" in name
+        else [f"experiment={name}"]
+    )
+    assert cfg.model._target_ in ("meta_kd_sr.models.EDSR", "meta_kd_sr.models.RCAN")
+    assert cfg.data.train.patch_size == cfg.lq_patch * cfg.scale
+    if "mkd" in name:
+        assert cfg.data.meta is not None and cfg.distill.loss._target_.endswith("KRNetLoss")
+
+
+@pytest.mark.parametrize("name", DISTILL)
+def test_distill_presets_build(name):
+    cfg = _compose([f"distill={name}"])
+    distiller = instantiate(
+        cfg.distill,
+        student_channels={"f1": 8, "f2": 8, "f3": 8},
+        teacher_channels={"f1": 16, "f2": 16, "f3": 16},
+    )
+    assert distiller.needs_teacher == (name != "none")
+    assert bool(distiller.meta_parameters()) == (name.startswith("mkd") and name != "mkd_frozen")
+
+
+@pytest.mark.parametrize(
+    ("preset", "cls", "params"),
+    [("edsr_baseline", EDSR, 1_517_571), ("rcan_student", RCAN, 5_171_315)],
+)
+def test_model_presets_are_the_spec_sizes(preset, cls, params):
+    net = instantiate(_compose([f"model={preset}"]).model)
+    assert isinstance(net, cls) and sum(p.numel() for p in net.parameters()) == params
+
+
+def test_scale_and_patch_follow_one_number():
+    cfg = _compose(["data=div2k", "scale=3"])
+    assert cfg.model.scale == cfg.data.train.scale == 3 and cfg.data.train.patch_size == 144
