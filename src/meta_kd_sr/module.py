@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
 from meta_kd_sr.metrics import PSNRY, SSIMY
@@ -23,6 +24,8 @@ from meta_kd_sr.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+# Submodules DistributedDataParallel must neither wrap nor broadcast (see SRModule.setup).
+DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
 
 
 class SRModule(pl.LightningModule):
@@ -90,6 +93,21 @@ class SRModule(pl.LightningModule):
     def meta_enabled(self) -> bool:
         """Whether KRNets are trained by the meta-gradient in this run."""
         return self.meta.enabled and bool(self.distiller.meta_parameters())
+
+    def setup(self, stage: str) -> None:
+        """Keep the frozen teacher and the KRNets out of DDP; runs before the strategy wraps this module.
+
+        The teacher is never trained; the KRNets get their gradients from ``torch.autograd.grad``, which DDP
+        never reduces (``meta_update`` averages them), and are frozen in the student step. What remains in
+        DDP (student and adapters) gets a gradient in every student step: ``find_unused_parameters`` stays
+        off.
+        """
+        exclude_from_ddp(self, DDP_EXCLUDED)
+
+    def on_fit_start(self) -> None:
+        """Start every rank from rank 0's KRNets: DDP broadcasts only the parameters it wraps."""
+        krnets = self.distiller.kd_losses
+        broadcast_([*krnets.parameters(), *krnets.buffers()])
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """Student (+ adapters) optimizer, and the KRNet optimizer when meta learning is on."""
@@ -185,10 +203,12 @@ class SRModule(pl.LightningModule):
         if loader is None:
             return
         metric = PSNRY(self.crop_border).to(self.device)
-        with torch.no_grad():
+        precision = self.trainer.precision_plugin  # e.g. float64 inputs under precision=64-true
+        with torch.no_grad(), precision.forward_context():
             for batch in loader:
                 lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
-                metric.update(self.super_resolve(self.teacher, lq), gt)
+                metric.update(self.super_resolve(self.teacher, precision.convert_input(lq)), gt)
+        # compute() sums the per-rank states: every image of the unpadded val shards counts once
         self.log("val/teacher_psnr_y", metric.compute(), rank_zero_only=False, sync_dist=False)
 
     # ----------------------------------------------------------------------------------- checkpoints

@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 
+from meta_kd_sr.ddp import all_reduce_mean, world_size
 from meta_kd_sr.meta import PseudoStep, ddp_grad_mean, meta_gradient
 
 if TYPE_CHECKING:
@@ -35,8 +35,11 @@ class MetaSettings:
         warmup_steps: iterations before the first meta step.
         lr: KRNet Adam learning rate (the scheduler of the student is applied to it too).
         betas: KRNet Adam betas.
-        sync: "exact" averages the pseudo gradient across ranks differentiably before the pseudo update;
-            "local" uses each rank's own pseudo step (cheaper, an approximation).
+        sync: under DDP, "exact" averages the pseudo gradient across ranks differentiably before theta' is
+            formed, so N ranks with batch b compute the update of one process with batch N*b; "local" forms
+            theta' from each rank's own batch (one collective less per meta step; an approximation: the
+            KRNets still get the rank-averaged meta-gradient and stay identical, but the meta-gradient is
+            that of N pseudo steps on batches of b, not of one on N*b). Same result on one process.
     """
 
     enabled: bool = True
@@ -87,10 +90,6 @@ def frozen(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def meta_update(
     module: SRModule,
     opt_krnet: Any,
@@ -113,7 +112,7 @@ def meta_update(
     def inner_loss(sr: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)["loss"]
 
-    world = _world_size()
+    world = world_size()
     result = meta_gradient(
         module.student,
         params,
@@ -126,14 +125,8 @@ def meta_update(
         engine=settings.engine,
         grad_reduce=ddp_grad_mean(world) if settings.sync == "exact" and world > 1 else None,
     )
-    grads = result.grads
-    if world > 1:
-        # autograd.grad bypasses DDP's reducer: average the meta-gradients by hand.
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world
-        grads = list(torch.split(flat, [g.numel() for g in grads]))
-        grads = [g.view_as(p) for g, p in zip(grads, params)]
+    # autograd.grad bypasses DDP's reducer: average the meta-gradients by hand (identity on one process).
+    grads = all_reduce_mean(result.grads)
     raw = getattr(opt_krnet, "optimizer", opt_krnet)
     for p, g in zip(params, grads):
         p.grad = g.to(p.dtype)

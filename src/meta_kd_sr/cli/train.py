@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     callbacks, loggers = _instantiate_dict(cfg.get("callbacks")), _instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in trainer.loggers:
+        _ = lg.version  # resolve it now: the evaluation after fit must not start a new logger version
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     result: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -115,7 +118,23 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-train``)."""
+    _refuse_ddp_multirun(cfg)
     train(cfg)
+
+
+def _refuse_ddp_multirun(cfg: DictConfig) -> None:
+    """``-m`` with ``trainer=ddp`` lets every rank re-run the whole sweep; ddp_spawn is the local tool."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    text = str(cfg.trainer.get("strategy"))
+    is_ddp = "DDPStrategy" in text or text.startswith("ddp")
+    launched = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and is_ddp and "spawn" not in text and not launched:
+        raise ValueError(
+            "a local sweep (-m) with trainer=ddp re-runs the whole sweep in every rank: "
+            "use trainer=ddp_spawn, or one launcher job per point (hydra/launcher=slurm)"
+        )
 
 
 if __name__ == "__main__":
