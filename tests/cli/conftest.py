@@ -5,29 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from cli_helpers import compose_train
 
-from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.train import train
-
-FAST = [
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.val_check_interval=4",
-    "trainer.max_steps=4",
-    "logger=none",
-    "lq_patch=8",
-    "data.batch_size=4",
-    "data.train.samples_per_epoch=64",
-]
-
-
-def compose_train(output_dir: Path, overrides: list[str]) -> DictConfig:
-    """The real train config with ``overrides``, writing to ``output_dir``."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=[*FAST, f"paths.output_dir={output_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")

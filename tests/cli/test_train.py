@@ -7,8 +7,8 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from cli_helpers import compose_train
 
-from conftest import compose_train
 from meta_kd_sr.cli.train import build_module, train
 from meta_kd_sr.export import student_from_checkpoint
 
