@@ -17,6 +17,15 @@ from meta_kd_sr.export import export_student, student_from_checkpoint
 from meta_kd_sr.models import EDSR
 
 BIN = Path(sys.executable).parent
+SMALL = [
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "lq_patch=8",
+    "data.batch_size=4",
+    "data.train.samples_per_epoch=32",
+]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
 
 
@@ -156,3 +165,37 @@ def test_eval_refuses_missing_folder(tmp_path):
     )
     assert proc.returncode != 0
     assert "HR folder not found" in proc.stderr and "nope" in proc.stderr
+
+
+def test_method_sweep_writes_one_evaluation_per_method(tmp_path):
+    teacher = tmp_path / "teacher"
+    _run(
+        str(BIN / "meta-kd-sr-train"),
+        "experiment=tiny_teacher",
+        f"hydra.run.dir={teacher}",
+        *SMALL,
+        "model.n_feats=16",
+        "model.n_blocks=2",
+    )
+    ckpt = json.loads((teacher / "eval.json").read_text())["checkpoint"]
+    methods = ["none", "output", "fitnet", "at", "fsp", "fakd"]
+    sweep = tmp_path / "sweep"
+    _run(
+        str(BIN / "meta-kd-sr-train"),
+        "-m",
+        "experiment=tiny_kd",
+        f"teacher.ckpt_path={ckpt}",
+        "teacher.net.n_feats=16",
+        "teacher.net.n_blocks=2",
+        f"distill={','.join(methods)}",
+        f"hydra.sweep.dir={sweep}",
+        *SMALL,
+        timeout=900,
+    )
+    runs = {
+        json.loads(p.read_text())["output_dir"]: json.loads(p.read_text()) for p in sweep.glob("*/eval.json")
+    }
+    assert len(runs) == len(methods)
+    for method in methods:
+        (run,) = [r for d, r in runs.items() if f",distill={method}," in d]
+        assert run["val"]["psnr_y"] > 5 and run["iterations"] == 3
