@@ -1,0 +1,320 @@
+"""Cost of one meta-KD (MKD) training iteration relative to an output-KD iteration (not a test).
+
+Builds an EDSR student (32 ch x 4 blocks) and an EDSR teacher (64 ch x 8 blocks, random weights: timing only)
+and times, interleaved (A B C A B C ...) so that machine drift hits every variant alike:
+
+- ``output KD``: teacher forward (no grad) + student forward + ``Distiller(output_weight=0.5,
+  rec_weight=0.5)`` + backward + Adam step;
+- ``MKD higher`` / ``MKD func``: the iteration of ``SRModule.training_step`` with meta learning on, built
+  from the library's public pieces as ``module_meta.meta_update`` uses them: teacher forward once;
+  ``meta_gradient`` (SGD pseudo step, the given engine) on a disjoint meta batch with a KRNet ``Distiller``
+  (3 KRNets at the ``conf/distill/mkd.yaml`` defaults, 1x1 adapters, feature scale 1/255); KRNet Adam step;
+  real student step reusing the student forward returned by ``meta_gradient``, KRNets ``frozen``; Adam step.
+
+With ``--all`` also:
+
+- ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet ablation), i.e. the
+  MKD iteration without its meta step;
+- ``MKD higher split``: a proposed change of the module: ``inner_loss`` returns ``(fixed, meta)`` (the
+  reconstruction term apart from the KD terms) and the real step back-propagates only the KD terms, adding
+  ``MetaResult.fixed_grads``; same updates up to rounding;
+- ``MKD proposed``: the split, and the teacher run only up to its last distilled feature (a distiller with
+  ``output_weight=0`` never reads the teacher's SR output; the x4 upsampler is most of the teacher's cost).
+
+Peak memory is measured per variant in a fresh subprocess: the increase of the peak resident set size
+(``ru_maxrss``) over the resident size once the models, optimizers and batches are built, with the allocator
+told to hand freed memory back at once (so the resident size follows the live tensors).
+
+Run from the repository root (``make bench-step`` preloads jemalloc when installed: glibc malloc makes CPU
+timings swing 3x in small VMs)::
+
+    LD_PRELOAD=libjemalloc.so.2 .venv/bin/python benchmarks/bench_step.py [--all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from meta_kd_sr.data.embedded import EMBEDDED_PHOTOS, load_photo
+from meta_kd_sr.distill import Distiller, KRNetLoss
+from meta_kd_sr.meta import MetaResult, PseudoStep, meta_gradient
+from meta_kd_sr.models.blocks import SRNet
+from meta_kd_sr.models.edsr import EDSR
+from meta_kd_sr.module_meta import frozen
+from meta_kd_sr.teacher import freeze_teacher
+
+VARIANTS = ("output KD", "MKD higher", "MKD func")
+EXTRA_VARIANTS = ("KRNet KD", "MKD higher split", "MKD proposed")
+SCALE = 4
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
+
+
+def photo_batches(
+    n_batches: int, batch: int, patch: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` pairs ``(lq, gt)`` cut from the embedded photos.
+
+    gt: (B, 3, s*patch, s*patch) random HR crops; lq: (B, 3, patch, patch) their s x s average pooling; both
+    float32 in [0, 1].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    photos = [load_photo(name).float() / 255 for name in EMBEDDED_PHOTOS]
+    photos = [p for p in photos if min(p.shape[-2:]) >= SCALE * patch]
+    size = SCALE * patch
+    out = []
+    for _ in range(n_batches):
+        crops = []
+        for _ in range(batch):
+            p = photos[int(torch.randint(len(photos), (1,), generator=gen))]
+            y = int(torch.randint(p.shape[1] - size + 1, (1,), generator=gen))
+            x = int(torch.randint(p.shape[2] - size + 1, (1,), generator=gen))
+            crops.append(p[:, y : y + size, x : x + size])
+        gt = torch.stack(crops).contiguous()
+        out.append((F.avg_pool2d(gt, SCALE), gt))
+    return out
+
+
+def teacher_features(
+    net: SRNet, lq: torch.Tensor, return_feats: bool = True
+) -> tuple[None, dict[str, torch.Tensor]]:
+    """``net(lq, return_feats=True)`` without the upsampler: ``(None, feats)`` (a proposed forward option)."""
+    x = net.conv_first((lq - net.mean.to(lq.dtype)) * net.img_range)
+    h, feats = x, {}
+    for i, unit in enumerate(net.body):
+        h = unit(h)
+        feats.update({key: h for key, tap in zip(("f1", "f2"), net.taps) if tap == i})
+    feats["f3"] = net.conv_after_body(h)
+    return None, feats
+
+
+def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
+    """Models, optimizers and batches of one variant; returns ``step(i)`` running training iteration ``i``."""
+    torch.manual_seed(0)
+    student = EDSR(SCALE, n_feats=args.student_feats, n_blocks=args.student_blocks)
+    teacher = freeze_teacher(
+        EDSR(SCALE, n_feats=args.teacher_feats, n_blocks=args.teacher_blocks, res_scale=0.1)
+    )
+    train = photo_batches(args.batches, args.batch, args.patch, seed=1)
+    meta = photo_batches(args.batches, args.batch, args.patch, seed=2)  # disjoint stream (timing only)
+    if name == "output KD":
+        distiller = Distiller(output_weight=0.5, rec_weight=0.5)
+    else:
+        distiller = Distiller(
+            loss=functools.partial(KRNetLoss, n_kernels=8, kernel_size=3, hidden=64),
+            positions=("f1", "f2", "f3"),
+            student_channels=student.feature_channels,
+            teacher_channels=teacher.feature_channels,
+            feature_scale=1 / 255,
+            meta_learn=name != "KRNet KD",
+        )
+    opt_s = torch.optim.Adam(list(student.parameters()) + distiller.student_side_parameters(), lr=1e-4)
+    krnet_params = distiller.meta_parameters()
+    opt_k = torch.optim.Adam(krnet_params, lr=1e-4) if krnet_params else None
+    engine = "func" if name == "MKD func" else "higher"
+    split = name.endswith(("split", "proposed"))
+    forward_teacher = functools.partial(teacher_features, teacher) if name == "MKD proposed" else teacher
+
+    def inner_loss(sr: torch.Tensor, feats: dict, gt: torch.Tensor, sr_t: torch.Tensor, feats_t: dict):
+        terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
+        if not split:
+            return terms["loss"]  # as module_meta.meta_update
+        # proposed: the terms without phi apart, so that their gradient is built once, without a graph
+        fixed = distiller.rec_weight * terms["loss_rec"]
+        if "loss_out" in terms:
+            fixed = fixed + distiller.output_weight * terms["loss_out"]
+        return fixed, distiller.kd_weight * terms["loss_kd"]
+
+    def meta_step(
+        i: int, lq: torch.Tensor, gt: torch.Tensor, sr_t: torch.Tensor, feats_t: dict
+    ) -> MetaResult:
+        # As module_meta.meta_update: meta-gradient through the pseudo step, then the KRNet Adam step.
+        meta_lq, meta_gt = meta[i % len(meta)]
+        result = meta_gradient(
+            student, krnet_params, functools.partial(inner_loss, gt=gt, sr_t=sr_t, feats_t=feats_t),
+            lq, meta_lq, meta_gt, optimizer=opt_s, pseudo=PseudoStep(), engine=engine,
+        )  # fmt: skip
+        for p, g in zip(krnet_params, result.grads):
+            p.grad = g
+        opt_k.step()
+        opt_k.zero_grad(set_to_none=True)
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in result.grads]))  # logged
+        return result
+
+    def step(i: int) -> None:
+        # As SRModule.training_step: teacher once, [meta step, KRNet step], student step.
+        lq, gt = train[i % len(train)]
+        with torch.no_grad():
+            sr_t, feats_t = forward_teacher(lq, return_feats=True)
+        result = meta_step(i, lq, gt, sr_t, feats_t) if opt_k is not None else None
+        sr, feats = result.student_out if result is not None else student(lq, return_feats=True)
+        with frozen(krnet_params):
+            terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
+        opt_s.zero_grad(set_to_none=True)
+        if split:  # proposed: back-propagate the KD terms only, add the fixed part's gradients
+            (distiller.kd_weight * terms["loss_kd"]).backward()
+            trainable = [p for p in student.parameters() if p.requires_grad]
+            for p, g in zip(trainable, result.fixed_grads):
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        else:
+            terms["loss"].backward()
+        opt_s.step()
+
+    return step
+
+
+def time_interleaved(names: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per iteration of every variant, timed in rounds A B C A B C ... after warm-up rounds."""
+    steps = {name: build_variant(name, args) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(args.warmup + args.iters):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(i)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_child(name: str, args: argparse.Namespace) -> None:
+    """Print (JSON) the peak RSS increase of ``args.memory_iters`` iterations of one variant."""
+    step = build_variant(name, args)
+    base = _rss_bytes()
+    for i in range(args.memory_iters):
+        step(i)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"variant": name, "peak_increase": peak - base, "base": base}))
+
+
+def peak_memory(name: str, args: argparse.Namespace) -> int:
+    """Peak RSS increase (bytes) of one variant, measured in a fresh subprocess (same environment)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name] + _forwarded(args)
+    # Freed memory goes back to the OS at once (jemalloc: no decay; glibc: large blocks always mmapped), so
+    # the resident size follows the live tensors and memory freed while building is not reused unseen.
+    env = {
+        **os.environ,
+        "MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+    }
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"memory run of {name!r} failed:\n{run.stderr}")
+    return int(json.loads(run.stdout.strip().splitlines()[-1])["peak_increase"])
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    keys = ("student_feats", "student_blocks", "teacher_feats", "teacher_blocks", "batch", "patch", "batches")
+    keys += ("memory_iters", "threads")
+    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+
+
+def header(args: argparse.Namespace) -> str:
+    """How the benchmark was run: versions, threads, allocator, shapes, iteration counts."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    jemalloc = "yes" if "jemalloc" in preload else "no"
+    if jemalloc == "no" and any(Path(p).is_file() for p in JEMALLOC_PATHS):
+        jemalloc += " (installed: rerun with LD_PRELOAD=libjemalloc.so.2 for stable timings)"
+    return "\n".join(
+        [
+            f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"torch threads {torch.get_num_threads()}, jemalloc preloaded: {jemalloc}, float32, CPU",
+            f"x{SCALE}: student EDSR {args.student_feats} ch x {args.student_blocks} blocks, teacher EDSR "
+            f"{args.teacher_feats} ch x {args.teacher_blocks} blocks (random weights), batch {args.batch}, "
+            f"LR patch {args.patch} (HR {SCALE * args.patch}); MKD: 3 KRNets (8 kernels 3x3, hidden 64, "
+            "cosine R), SGD pseudo step alpha 0.1, meta batch of the same size",
+            f"time: {args.iters} interleaved iterations per variant after {args.warmup} warm-up; "
+            f"memory: peak RSS increase over {args.memory_iters} iterations, fresh subprocess per variant",
+        ]
+    )
+
+
+def report(names: list[str], times: dict[str, list[float]], memory: dict[str, int]) -> str:
+    """The table: median seconds per iteration, ratios to output KD (and to KRNet KD when timed), memory."""
+    base = names[0]  # the reference: output KD by default
+    rows = [
+        f"{'variant':<17} {'median s/it':>11} {'min':>7} {'max':>7} {'time x':>7} {'paired x':>8} "
+        f"{'peak MiB':>8} {'mem x':>6}"
+    ]
+    for name in names:
+        t = times[name]
+        paired = statistics.median(a / b for a, b in zip(t, times[base]))  # same round: drift cancels
+        med, ratio = statistics.median(t), statistics.median(t) / statistics.median(times[base])
+        row = f"{name:<17} {med:11.3f} {min(t):7.3f} {max(t):7.3f} {ratio:6.2f}x {paired:7.2f}x"
+        if memory:
+            row += f" {memory[name] / 2**20:8.0f} {memory[name] / memory[base]:5.2f}x"
+        rows.append(row)
+    rows.append(
+        f"x: ratio to {base} (time: of the medians; paired: median over rounds of the per-round ratio). "
+        "Target for MKD: <= 1.6x time, <= 1.5x memory."
+    )
+    if "KRNet KD" in times and "MKD higher" in times:
+        krnet = [a / b for a, b in zip(times["MKD higher"], times["KRNet KD"])]
+        rows.append(
+            f"MKD higher / KRNet KD (meta step over frozen-KRNet KD), paired: {statistics.median(krnet):.2f}x"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    """Time the variants interleaved, measure their memory in subprocesses, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student-feats", type=int, default=32)
+    parser.add_argument("--student-blocks", type=int, default=4)
+    parser.add_argument("--teacher-feats", type=int, default=64)
+    parser.add_argument("--teacher-blocks", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--memory-iters", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help=f"also time {' and '.join(EXTRA_VARIANTS)} (see the module docstring)",
+    )
+    parser.add_argument("--variants", help="comma-separated variants to run, the first is the reference")
+    parser.add_argument("--child", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        peak_memory_child(args.child, args)
+        return
+    names = list(VARIANTS + EXTRA_VARIANTS if args.all else VARIANTS)
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in names if v not in VARIANTS + EXTRA_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS + EXTRA_VARIANTS}")
+    print(header(args), flush=True)
+    start = time.perf_counter()
+    memory = {} if args.no_memory else {name: peak_memory(name, args) for name in names}
+    times = time_interleaved(names, args)
+    print()
+    print(report(names, times, memory))
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
