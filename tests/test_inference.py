@@ -22,15 +22,6 @@ def _load_oracle(name: str):
     return module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP barrier stalls when the cores are busy (60x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _local_model(scale: int, layers: int, seed: int = 0) -> nn.Module:
     """Zero-padded 3x3 convs + pixel shuffle: receptive-field radius ``layers`` LR pixels, not equivariant."""
     torch.manual_seed(seed)

@@ -26,15 +26,6 @@ def _load_oracle(name: str):
 ref = _load_oracle("sr_metrics_reference")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP barrier stalls when the cores are busy (60x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _to_tensor(images_uint8: list[np.ndarray]) -> torch.Tensor:
     return torch.stack([torch.from_numpy(im.copy()).permute(2, 0, 1) for im in images_uint8]).float() / 255
 

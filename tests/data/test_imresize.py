@@ -33,15 +33,6 @@ FLOAT32_TIE_BAND = 2e-4  # in uint8 levels; observed float32 error of the librar
 FLOAT64_TIE_BAND = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP barrier stalls when the cores are busy (60x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _library(img_uint8: np.ndarray, scale: float) -> np.ndarray:
     """Library output on the uint8 scale: (H, W, 3) uint8 -> (h, w, 3) float64 in [0, 255] (unrounded)."""
     x = torch.from_numpy(img_uint8.copy()).permute(2, 0, 1).float() / 255
