@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the demo (``make demo``)."""
     parser = argparse.ArgumentParser(prog="python -m meta_kd_sr.cli.demo", description=__doc__)
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--steps", type=int, default=400, help="iterations of each student")
-    parser.add_argument("--teacher-steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=800, help="iterations of each student")
+    parser.add_argument("--teacher-steps", type=int, default=1000)
     parser.add_argument("--retrain-teacher", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.output_dir).resolve()
