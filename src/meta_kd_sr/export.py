@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from meta_kd_sr.models.convert import load_pretrained
+from meta_kd_sr.models.convert import load_pretrained, read_checkpoint
 
 
 def build_from_config(config: Mapping[str, Any]) -> nn.Module:
@@ -27,20 +27,13 @@ def build_from_config(config: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def student_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the student from a training checkpoint or an exported file.
 
     Returns:
         The network (eval mode) and its config.
     """
-    ckpt = _read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     config = ckpt.get("config") or (ckpt.get("hyper_parameters") or {}).get("student_config")
     if not config:
         raise ValueError(

@@ -13,16 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli.evaluate import score_dataset
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.export import student_from_checkpoint
 from meta_kd_sr.inference import upscale_bicubic
-from meta_kd_sr.metrics import psnr_y, ssim_y
 
 COMMON = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 
@@ -32,15 +31,9 @@ def _cfg(output_dir: Path, overrides: list[str]) -> DictConfig:
         return compose("train", overrides=[*COMMON, f"paths.output_dir={output_dir}", *overrides])
 
 
-@torch.no_grad()
 def _score(sr_fn: Any, scale: int, names: list[str]) -> dict[str, float]:
-    psnr, ssim = [], []
-    for item in EmbeddedPhotos(names, scale, train=False):
-        gt = item["gt"][None]
-        sr = sr_fn(item["lq"][None]).clamp(0, 1)
-        psnr.append(psnr_y(sr, gt, scale).item())
-        ssim.append(ssim_y(sr, gt, scale).item())
-    return {"psnr_y": sum(psnr) / len(psnr), "ssim_y": sum(ssim) / len(ssim)}
+    scores = score_dataset(sr_fn, EmbeddedPhotos(names, scale, train=False), scale)
+    return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"]}
 
 
 def _budget(steps: int) -> list[str]:

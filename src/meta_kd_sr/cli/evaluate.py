@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,20 @@ def _set_name(hr_dir: Path, taken: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
+def score_dataset(
+    sr_fn: SRFunction, dataset: Iterable[dict[str, Any]], crop_border: int, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Mean per-image PSNR_y / SSIM_y of ``sr_fn`` over full-image items ``{"lq", "gt"}`` (SR clamped)."""
+    psnr, ssim = [], []
+    for item in dataset:
+        gt = item["gt"][None].to(device)
+        sr = sr_fn(item["lq"][None].to(device)).clamp(0, 1)
+        psnr.append(psnr_y(sr, gt, crop_border).item())
+        ssim.append(ssim_y(sr, gt, crop_border).item())
+    return {"psnr_y": sum(psnr) / len(psnr), "ssim_y": sum(ssim) / len(ssim), "n_images": len(psnr)}
+
+
+@torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate on every folder of ``cfg.hr_dirs``; write ``cfg.output_json`` when set; return the results."""
     scale = int(cfg.scale)
@@ -79,17 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for hr_dir in [Path(d) for d in cfg.hr_dirs]:
         dataset = ImageFolderSR(hr_dir, scale, lr_dir=None, train=False)
-        psnr, ssim = [], []
-        for item in dataset:
-            gt = item["gt"][None].to(device)
-            sr = sr_fn(item["lq"][None].to(device)).clamp(0, 1)
-            psnr.append(psnr_y(sr, gt, crop).item())
-            ssim.append(ssim_y(sr, gt, crop).item())
-        results[_set_name(hr_dir, results)] = {
-            "psnr_y": sum(psnr) / len(psnr),
-            "ssim_y": sum(ssim) / len(ssim),
-            "n_images": len(psnr),
-        }
+        results[_set_name(hr_dir, results)] = score_dataset(sr_fn, dataset, crop, device)
     results["protocol"] = protocol(scale, crop, bool(cfg.self_ensemble))
     results["checkpoint"] = str(cfg.ckpt_path)
     if cfg.get("output_json"):
