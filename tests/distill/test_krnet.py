@@ -263,3 +263,36 @@ def test_correlation_map_values() -> None:
         product.sum(1, keepdim=True), correlation_map(f_s, f_t), rtol=1e-12, atol=1e-12
     )
     assert torch.equal(correlation_map(f_s, f_t, "absdiff"), (f_t - f_s).abs())
+
+
+def test_reuse_inputs_builds_the_generator_input_once_and_changes_nothing() -> None:
+    net = krnet()
+    f_s, f_t, raw = feats()
+    calls = []
+    original = correlation_map
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    import meta_kd_sr.distill.krnet as module
+
+    before = net(f_s, f_t, raw)
+    module.correlation_map = counting
+    try:
+        with net.reuse_inputs():
+            first = net(f_s, f_t, raw)
+            with torch.no_grad():  # phi changes between the meta step and the real step
+                net.head.bias.add_(0.3)
+            second = net(f_s, f_t, raw)
+            with pytest.raises(ValueError, match="second batch of another shape"):
+                net(*(t[:1] for t in (f_s, f_t, raw)))
+        assert len(calls) == 1  # the first call inside the block
+        with torch.no_grad():
+            net.head.bias.sub_(0.3)
+        assert torch.equal(first, before) and net._reuse is None
+        with torch.no_grad():
+            net.head.bias.add_(0.3)
+        assert torch.equal(second, net(f_s, f_t, raw)) and not torch.equal(first, second)
+    finally:
+        module.correlation_map = original

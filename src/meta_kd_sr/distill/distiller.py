@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,19 @@ class Distiller(nn.Module):
     def meta_parameters(self) -> list[nn.Parameter]:
         """Parameters of the KD loss modules (KRNets); empty for hand-crafted losses or when frozen."""
         return list(self.kd_losses.parameters()) if self.meta_learn else []
+
+    @contextmanager
+    def reuse_inputs(self) -> Iterator[None]:
+        """Within the block, KD losses that support it (KRNets) build their phi-independent inputs once.
+
+        For the two evaluations of one meta iteration (the meta step's inner loss, then the real student
+        step with the updated KRNets): same student and teacher features, only phi changes.
+        """
+        with ExitStack() as stack:
+            for module in self.kd_losses.values():
+                if hasattr(module, "reuse_inputs"):
+                    stack.enter_context(module.reuse_inputs())
+            yield
 
     def student_side_parameters(self) -> list[nn.Parameter]:
         """Adapter parameters, trained with the student and dropped at inference."""

@@ -13,6 +13,9 @@ every channel of an image.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,8 +40,10 @@ def correlation_map(f_s: Tensor, f_t: Tensor, mode: str = "cosine", eps: float =
     """
     if mode not in CORRELATIONS:
         raise ValueError(f"correlation must be one of {CORRELATIONS}, got {mode!r}")
-    if mode == "cosine":
-        return F.cosine_similarity(f_s, f_t, dim=1, eps=eps).unsqueeze(1)
+    if mode == "cosine":  # as F.cosine_similarity (each norm clamped at eps), in a third of its time
+        dot = (f_s * f_t).sum(dim=1, keepdim=True)
+        norms = [torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(eps) for f in (f_s, f_t)]
+        return dot / (norms[0] * norms[1])
     if mode == "product":
         return F.normalize(f_s, dim=1, eps=eps) * F.normalize(f_t, dim=1, eps=eps)
     return (f_t - f_s).abs()
@@ -100,58 +105,85 @@ def filter_per_pixel(x: Tensor, kernels: Tensor) -> Tensor:
     return out.view(b, n, c, h, w)
 
 
-class _AdjointFilter(torch.autograd.Function):
-    """Q = conv_transpose2d(S, weight, groups) for a constant sign map S, which is kept as int8.
+def _signs(residual: Tensor, unit: Tensor) -> Tensor:
+    """S = sign(K * r) of one image: r (C, H, W), unit kernels (N, 1, k, k) -> (C, N, H, W), channels-last.
 
-    S holds -1, 0, 1: int8 stores it exactly in a quarter of the float32 memory until the weight gradient
-    (the meta step's double backward) reads it. The backward is built from differentiable ops, so higher
-    orders stay exact.
+    Channels-last output (the single-channel input is given channels-last strides) is what the adjoint
+    filtering reads fastest.
+    """
+    c, h, w = residual.shape
+    x = residual.unsqueeze(1).as_strided((c, 1, h, w), (h * w, 1, w, 1))
+    return F.conv2d(x, unit, padding=unit.shape[-1] // 2).sign_()
+
+
+def _sign_adjoint(weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
+    """Per image conv2d(S[b], weight[b]) with S[b] = sign(unit[b] * r[b]): the adjoint filter of the signs.
+
+    weight: (B, 1, N, k, k) scaled kernels rotated by 180 degrees; residual: (B, C, H, W); unit:
+    (B, N, 1, k, k). Returns (B, C, H, W). One image's sign map (N times its features) is alive at a time.
+    """
+    pad = weight.shape[-1] // 2
+    out = [F.conv2d(_signs(r, u), w, padding=pad) for r, u, w in zip(residual, unit, weight)]
+    return torch.stack(out).squeeze(2)
+
+
+class _SignAdjoint(torch.autograd.Function):
+    """``_sign_adjoint`` differentiable in ``weight`` (the sign maps are constants).
+
+    The backward recomputes each image's sign map (bit-identical) instead of keeping B of them: no memory
+    beyond the residual, which the loss keeps anyway. It is built from differentiable ops, so higher orders
+    stay exact.
     """
 
     @staticmethod
-    def forward(ctx, signs: Tensor, weight: Tensor, groups: int) -> Tensor:
-        """signs: (C, B*N, H, W) constant; weight: (B*N, 1, k, k); returns (C, B, H, W)."""
-        ctx.groups, ctx.signs = groups, signs.to(torch.int8)
-        ctx.save_for_backward(weight)
-        return F.conv_transpose2d(signs, weight, padding=weight.shape[-1] // 2, groups=groups)
+    def forward(ctx, weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
+        ctx.save_for_backward(weight, residual, unit)
+        return _sign_adjoint(weight, residual, unit)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
-        """Gradient for ``weight`` only (the sign map is a constant)."""
-        (weight,) = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        weight, residual, unit = ctx.saved_tensors
         pad = weight.shape[-1] // 2
-        signs = ctx.signs.to(grad.dtype)
         mask = [False, True, False]
-        grad_weight = torch.ops.aten.convolution_backward(
-            grad, signs, weight, None, [1, 1], [pad, pad], [1, 1], True, [0, 0], ctx.groups, mask
-        )[1]
-        return None, grad_weight, None
+        grads = []
+        for g, r, u, w in zip(grad, residual, unit, weight):
+            with torch.no_grad():
+                signs = _signs(r, u)
+            grads.append(
+                torch.ops.aten.convolution_backward(
+                    g.unsqueeze(1), signs, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
+                )[1]
+            )
+        return torch.stack(grads), None, None
 
 
 def _texture_loss_per_image(residual: Tensor, kernels: Tensor, weights: Tensor | None) -> Tensor:
     """sum_i w_i mean |K_i * r| for per-image kernels, as the bilinear form <K^T * S, r> with S = sign(K * r).
 
     With S held constant, L(K, r) = sum_{b,i} c_i <K_{b,i}^T * S_{b,i}, r_b> (c_i = w_i / (B C H W), ^T the
-    adjoint filter) has the value of the L1 form and the same derivatives of every order (|y|' = sign(y),
-    |y|'' = 0 almost everywhere, as autograd differentiates abs): it is exact. It is cheaper: d/dr is the
-    adjoint map already computed in the forward (no backward filtering in the student steps), the double
-    backward of the meta step is a single weight-gradient filtering with no (B, N, C, H, W) elementwise pass,
-    and only an int8 copy of S is kept for it.
+    adjoint filter: correlation with the kernel rotated by 180 degrees) has the value of the L1 form and the
+    same derivatives of every order (|y|' = sign(y), |y|'' = 0 almost everywhere, as autograd differentiates
+    abs): it is exact. It is cheaper: d/dr is the adjoint map already computed in the forward (no backward
+    filtering in the student steps), the meta step's derivative in K is a single weight-gradient filtering
+    with no (B, N, C, H, W) elementwise pass, and no sign map is kept for it.
+
+    Filtering runs image by image with the channels as the batch: K * r is a dense conv with N output
+    channels, the adjoint one with N input channels on channels-last sign maps, and only one image's sign
+    map (N times its features) is alive at a time. Measured at B=8, C=64, 48x48, N=8 (CPU, float32) 4x
+    faster than grouped convs over all images.
     """
     b, c, h, w = residual.shape
     n, k = kernels.shape[1], kernels.shape[-1]
-    # (C, B, H, W): channels as the batch, one group of N kernels per image. Channels-last (images innermost)
-    # halves the filtering time and quarters the weight gradient's (oneDNN, float32 CPU).
-    x = residual.transpose(0, 1).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        signs = F.conv2d(x, kernels.reshape(b * n, 1, k, k), padding=k // 2, groups=b).sign_()
+    # signs of the unscaled kernels' responses: a zero weight w_i keeps its derivative
+    unit = kernels.detach().reshape(b, n, 1, k, k)
     scale = 1.0 / (n * b * c * h * w) if weights is None else weights.view(1, n, 1, 1) / (b * c * h * w)
-    weight = (kernels * scale).reshape(b * n, 1, k, k)
+    weight = (kernels * scale).flip(-2, -1).unsqueeze(1)  # (B, 1, N, k, k): the adjoint filter
     if weight.requires_grad:
-        adjoint = _AdjointFilter.apply(signs, weight, b)
+        adjoint = _SignAdjoint.apply(weight, residual.detach(), unit)
     else:  # the real student step: the kernels are constants, nothing is saved
-        adjoint = F.conv_transpose2d(signs, weight, padding=k // 2, groups=b)
-    return (adjoint * x).sum()
+        with torch.no_grad():
+            adjoint = _sign_adjoint(weight, residual.detach(), unit)
+    return (adjoint * residual).sum()
 
 
 def texture_loss(residual: Tensor, kernels: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -236,6 +268,7 @@ class KRNetLoss(nn.Module):
         self.correlation, self.use_correlation = correlation, use_correlation
         self.dynamic, self.spatial, self.detach_input = dynamic, spatial, detach_input
         self.kernel_weighting, self.feature_norm = kernel_weighting, feature_norm
+        self._reuse: dict[str, Tensor] | None = None
         out = n_kernels * kernel_size * kernel_size
         if dynamic:
             r_channels = (1 if correlation == "cosine" else channels) if use_correlation else 0
@@ -281,12 +314,7 @@ class KRNetLoss(nn.Module):
         b, n, k = f_s.shape[0], self.n_kernels, self.kernel_size
         if not self.dynamic:
             return normalize_kernels(self.static_kernels).expand(b, n, k, k)
-        # Detached inputs: build them without a graph (the same values as .detach(), no autograd bookkeeping).
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_input):
-            inputs = [f_s_raw]
-            if self.use_correlation:
-                inputs.append(correlation_map(f_s, f_t, self.correlation))
-            x = torch.cat(inputs, dim=1)
+        x = self._generator_input(f_s, f_t, f_s_raw)
         x = self.body(x)
         if self.spatial:
             h, w = x.shape[-2:]
@@ -294,6 +322,38 @@ class KRNetLoss(nn.Module):
         else:
             raw = self.head(x.mean(dim=(2, 3))).view(b, n, k, k)
         return normalize_kernels(raw)
+
+    def _generator_input(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor) -> Tensor:
+        """concat(F_S, R), channels-last; detached inputs are built without a graph and can be reused."""
+        reusable = self.detach_input and self._reuse is not None
+        if reusable and "input" in self._reuse:
+            x = self._reuse["input"]
+            if x.shape[0] == f_s_raw.shape[0] and x.shape[2:] == f_s_raw.shape[2:]:
+                return x
+            raise ValueError("reuse_inputs: a KRNet saw a second batch of another shape in one iteration")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_input):
+            inputs = [f_s_raw]
+            if self.use_correlation:
+                inputs.append(correlation_map(f_s, f_t, self.correlation))
+            # channels-last: the generator's convs run 1.3-2x faster on CPU (oneDNN), same values
+            x = torch.cat(inputs, dim=1).contiguous(memory_format=torch.channels_last)
+        if reusable:
+            self._reuse["input"] = x
+        return x
+
+    @contextmanager
+    def reuse_inputs(self) -> Iterator[None]:
+        """Within the block, compute the generator's input once and reuse it.
+
+        For calls on the same student and teacher features with only phi changing (the meta step's
+        inner loss and the real student step of one iteration): the input (student feature and R,
+        detached) does not depend on phi. The caller guarantees the features are the same.
+        """
+        self._reuse = {}
+        try:
+            yield
+        finally:
+            self._reuse = None
 
     def kernels(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor | None = None) -> Tensor:
         """Texture kernels for a batch.
