@@ -19,7 +19,8 @@ from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
 from meta_kd_sr.metrics import PSNRY, SSIMY
-from meta_kd_sr.module_meta import MetaSettings, frozen, meta_update
+from meta_kd_sr.models import accepts_features_only
+from meta_kd_sr.module_meta import MetaSettings, frozen, meta_update, real_step_after_meta
 from meta_kd_sr.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -137,36 +138,79 @@ class SRModule(pl.LightningModule):
 
     @torch.no_grad()
     def teacher_forward(self, lq: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
-        """Teacher SR and features on ``lq``, once per batch, without a graph (or ``None, None``)."""
+        """Teacher SR and features on ``lq``, once per batch, without a graph (or ``None, None``).
+
+        When no loss reads the teacher's SR image (``output_weight == 0``) and the teacher can stop at its
+        last feature (``features_only``), the upsampler is skipped and the SR image is ``None``.
+        """
         if self.teacher is None or not self.distiller.needs_teacher:
             return None, None
+        if self.distiller.output_weight == 0 and accepts_features_only(self.teacher):
+            return None, self.teacher(lq, features_only=True)
         sr_t, feats_t = self.teacher(lq, return_feats=True)
         return sr_t, feats_t
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        """One iteration: teacher forward, [meta step, KRNet step], student step."""
+        """One iteration (``iteration``), the schedulers' step and the logs."""
+        opts = self.optimizers()
+        opt_s, opt_k = (opts[0], opts[1]) if isinstance(opts, list) else (opts, None)
+        due = self.meta_enabled and self.meta.is_due(self.global_step)
+        terms, logs = self.iteration(batch, opt_s, opt_k if due else None)
+        self._step_schedulers()
+        batch_size = self._batch_size(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
+        if logs:
+            self.log_dict(logs, batch_size=batch_size)
+        self.log("train/lr", opt_s.param_groups[0]["lr"], batch_size=batch_size)
+        return terms["loss"].detach()
+
+    @staticmethod
+    def _batch_size(batch: Mapping[str, Any]) -> int:
+        train = batch["train"] if "train" in batch else batch
+        return int(train["lq"].shape[0])
+
+    def iteration(
+        self, batch: Mapping[str, Any], opt_student: Any, opt_krnet: Any | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One training iteration (SPEC §5): teacher forward, [meta step, KRNet step], student step.
+
+        Works outside a Trainer too (benchmarks, notebooks): the backward is ``manual_backward`` when a
+        trainer is attached, ``loss.backward()`` otherwise.
+
+        Args:
+            batch: ``{"lq", "gt"}``, or ``{"train": {...}, "meta": {...}}`` for meta steps.
+            opt_student: the student (+ adapters) optimizer, raw or Lightning's wrapper.
+            opt_krnet: the KRNet optimizer; given, this iteration runs the meta step and the KRNet step.
+
+        Returns:
+            The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log.
+        """
         train = batch["train"] if "train" in batch else batch
         lq, gt = train["lq"], train["gt"]
         sr_t, feats_t = self.teacher_forward(lq)
-        opts = self.optimizers()
-        opt_s = opts[0] if isinstance(opts, list) else opts
-        student_out, logs = None, {}
-        if self.meta_enabled and self.meta.is_due(self.global_step):
-            student_out, logs = meta_update(self, opts[1], opt_s, lq, gt, batch["meta"], sr_t, feats_t)
-        sr, feats = student_out if student_out is not None else self.student(lq, return_feats=True)
+        if opt_krnet is not None:
+            if not self.meta_enabled:
+                raise ValueError(
+                    "opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)"
+                )
+            if "meta" not in batch:
+                raise ValueError(
+                    "a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}"
+                )
+            with self.distiller.reuse_inputs():  # the KRNets' inputs do not depend on phi
+                result, logs = meta_update(self, opt_krnet, opt_student, lq, gt, batch["meta"], sr_t, feats_t)
+                terms = real_step_after_meta(self, result.inner, opt_student, gt, sr_t, feats_t)
+            return terms, logs
+        sr, feats = self.student(lq, return_feats=True)
         with frozen(self.distiller.meta_parameters()):
             terms = self.distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
-        opt_s.zero_grad(set_to_none=True)
-        self.manual_backward(terms["loss"])
-        opt_s.step()
-        self._step_schedulers()
-        self.log_dict(
-            {f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=lq.shape[0]
-        )
-        if logs:
-            self.log_dict(logs, batch_size=lq.shape[0])
-        self.log("train/lr", opt_s.param_groups[0]["lr"], batch_size=lq.shape[0])
-        return terms["loss"].detach()
+        opt_student.zero_grad(set_to_none=True)
+        if self._trainer is not None:
+            self.manual_backward(terms["loss"])
+        else:
+            terms["loss"].backward()
+        opt_student.step()
+        return terms, {}
 
     def _step_schedulers(self) -> None:
         scheds = self.lr_schedulers()

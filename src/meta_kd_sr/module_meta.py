@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from meta_kd_sr.ddp import all_reduce_mean, world_size
-from meta_kd_sr.meta import PseudoStep, ddp_grad_mean, meta_gradient
+from meta_kd_sr.meta import InnerGradient, MetaResult, PseudoStep, ddp_grad_mean, meta_gradient
 
 if TYPE_CHECKING:
     from meta_kd_sr.module import SRModule
@@ -99,12 +99,11 @@ def meta_update(
     meta_batch: Mapping[str, torch.Tensor],
     sr_t: torch.Tensor | None,
     feats_t: Mapping[str, torch.Tensor] | None,
-) -> tuple[tuple[torch.Tensor, dict[str, torch.Tensor]] | None, dict[str, torch.Tensor]]:
+) -> tuple[MetaResult, dict[str, torch.Tensor]]:
     """Meta-gradient of the KRNets through a pseudo student step, then one KRNet optimizer step.
 
     Returns:
-        The student's forward on ``lq`` at the current weights (reusable by the real step; it does not depend
-        on the KRNets) and the values to log.
+        The ``MetaResult`` (its ``inner`` serves the real student step) and the values to log.
     """
     settings, distiller = module.meta, module.distiller
     params = distiller.meta_parameters()
@@ -134,4 +133,39 @@ def meta_update(
     raw.step()
     raw.zero_grad(set_to_none=True)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    return result.student_out, {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm}
+    return result, {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm}
+
+
+def real_step_after_meta(
+    module: SRModule,
+    inner: InnerGradient,
+    opt_student: Any,
+    gt: torch.Tensor,
+    sr_t: torch.Tensor | None,
+    feats_t: Mapping[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """The real student step with the updated KRNets, reusing the meta step's inner gradient.
+
+    The loss terms are evaluated on the student's outputs saved by the meta step; the student's gradient
+    is the meta step's plus J^T of the change of the KD terms' output gradients (``InnerGradient.at``),
+    which re-runs the student only up to its last distilled feature. Gradients are averaged across ranks
+    here (no DDP backward runs in this iteration).
+
+    Returns:
+        The loss terms, as ``Distiller.forward`` returns them.
+    """
+    distiller = module.distiller
+    leaves, (sr, feats) = inner.leaves()
+    side = [p for p in distiller.student_side_parameters() if p.requires_grad]
+    with torch.enable_grad(), frozen(distiller.meta_parameters()):
+        terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
+        grads = torch.autograd.grad(terms["loss"], leaves + side, allow_unused=True)
+    params = inner.params + side
+    grads = inner.at(grads[: len(leaves)]) + list(grads[len(leaves) :])
+    present = [(p, g) for p, g in zip(params, grads) if g is not None]
+    opt_student.zero_grad(set_to_none=True)
+    for (p, _), g in zip(present, all_reduce_mean([g for _, g in present])):
+        p.grad = g
+    opt_student.step()
+    opt_student.zero_grad(set_to_none=True)  # no .grad left for a later DDP backward to accumulate into
+    return terms

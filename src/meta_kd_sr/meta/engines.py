@@ -1,7 +1,7 @@
 """The two engines of the differentiable pseudo step: ``higher`` and its ``torch.func`` twin.
 
-Both compute theta' = theta - step(grad_theta inner_loss) with the graph kept (exact second order) and
-return the meta loss at theta' together with the student's forward at theta. They must agree to rounding;
+Both form theta' = theta - step(g) from the pseudo-step gradient g, whose graph to phi is kept (exact second
+order; ``meta_kd_sr.meta.carried``), and return the meta loss at theta'. They must agree to rounding;
 ``meta_kd_sr.meta.step.meta_gradient`` is the public entry point.
 """
 
@@ -17,9 +17,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 GradReduce = Callable[[list[Tensor]], Sequence[Tensor]]
-StudentOut = tuple[Tensor, dict[str, Tensor]]
-InnerLoss = Callable[[Tensor, dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]
-EngineOut = tuple[Tensor, StudentOut, "list[Tensor] | None"]
 
 
 @dataclass
@@ -81,62 +78,32 @@ def reduce_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor], grad_
     return [None if g is None else r for g, r in zip(grads, reduced)]
 
 
-def split_losses(losses: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor | None, Tensor]:
-    """``(fixed, meta)`` from what ``inner_loss`` returned: a scalar is all ``meta``."""
-    if isinstance(losses, Tensor):
-        return None, losses
-    if isinstance(losses, (tuple, list)) and len(losses) == 2 and all(isinstance(x, Tensor) for x in losses):
-        return losses[0], losses[1]
-    raise ValueError(
-        f"inner_loss must return a scalar tensor or a pair (fixed, meta) of them, got {type(losses).__name__}"
-    )
-
-
-def fixed_gradients(fixed: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    """Gradients of ``fixed`` without a graph (it does not depend on phi); zeros where it is unused."""
-    # retain_graph: the meta part's gradient and the real student step still need the student forward.
-    grads = torch.autograd.grad(fixed, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-
-
-def combine(
-    fixed_grads: list[Tensor] | None, meta_grads: Sequence[Tensor | None]
-) -> tuple[list[Tensor | None], set[int]]:
-    """Pseudo-step gradients fixed + meta, and the positions ``meta`` does not reach.
-
-    Those positions do not depend on phi, so their theta' can enter the meta forward as a constant.
-    """
-    if fixed_grads is None:
-        return list(meta_grads), set()
-    grads = [f if m is None else f + m for f, m in zip(fixed_grads, meta_grads)]
-    return grads, {j for j, m in enumerate(meta_grads) if m is None}
-
-
 def run_func(
     student: nn.Module,
     steps: list[ParamStep],
-    inner_loss: InnerLoss,
-    lq: Tensor,
+    grads: list[Tensor | None],
     meta_input: tuple[Tensor, Tensor],
     grad_reduce: GradReduce | None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> EngineOut:
-    """Pseudo step and meta loss with ``torch.func.functional_call`` (see ``meta_gradient``)."""
-    student_out = student(lq, return_feats=True)
+) -> Tensor:
+    """The meta loss at theta' formed with ``torch.func.functional_call`` (see ``meta_gradient``).
+
+    Args:
+        student: the student (not changed).
+        steps: the update rule of each trainable parameter.
+        grads: the pseudo-step gradient per step (``carried.inner_gradient``), None where there is none.
+        meta_input: ``(meta_lq, meta_gt)``.
+        grad_reduce: applied to ``grads`` before the update (DDP), or None.
+        meta_loss_fn: ``(sr, gt) -> scalar``.
+    """
     params = [s.param for s in steps]
-    fixed, meta = split_losses(inner_loss(*student_out))
-    fixed_grads = None if fixed is None else fixed_gradients(fixed, params)
-    meta_grads = torch.autograd.grad(meta, params, create_graph=True, allow_unused=True)
-    grads, constant = combine(fixed_grads, meta_grads)
     grads = reduce_grads(grads, params, grad_reduce)
     fast = dict(student.named_parameters())
-    for j, (step, grad) in enumerate(zip(steps, grads)):
+    for step, grad in zip(steps, grads):
         if grad is not None:
-            new = apply_step(step, grad)
-            fast[step.name] = new.detach() if j in constant else new
+            fast[step.name] = apply_step(step, grad)
     meta_lq, meta_gt = meta_input
-    sr_meta = functional_call(student, fast, (meta_lq,), {"return_feats": True})[0]
-    return meta_loss_fn(sr_meta, meta_gt), student_out, fixed_grads
+    return meta_loss_fn(functional_call(student, fast, (meta_lq,)), meta_gt)
 
 
 def _diff_optimizer_source(steps: list[ParamStep]) -> torch.optim.Optimizer:
@@ -170,24 +137,25 @@ def _diff_optimizer_source(steps: list[ParamStep]) -> torch.optim.Optimizer:
 def run_higher(
     student: nn.Module,
     steps: list[ParamStep],
-    inner_loss: InnerLoss,
-    lq: Tensor,
+    grads: list[Tensor | None],
     meta_input: tuple[Tensor, Tensor],
     grad_reduce: GradReduce | None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> EngineOut:
-    """Pseudo step and meta loss with ``higher.innerloop_ctx`` (see ``meta_gradient``)."""
+) -> Tensor:
+    """The meta loss at theta' formed with ``higher.innerloop_ctx`` (arguments as ``run_func``).
+
+    higher's differentiable optimizer takes the gradient of the loss it is given. It is given the linear
+    surrogate sum_i <theta_i, g_i>, whose gradient in theta is g exactly (value and graph to phi), so its
+    SGD or Adam update builds theta' from the carried gradient.
+    """
     position = {id(p): i for i, p in enumerate(student.parameters())}
     index = [position[id(s.param)] for s in steps]
     params = [s.param for s in steps]
-    state: dict = {"fixed_grads": None, "constant": set()}
 
     def callback(all_grads: Sequence[Tensor | None]) -> list[Tensor | None]:
-        # higher passes one entry per student parameter (None for frozen ones): add the fixed part's
-        # gradients to the trainable ones and reduce them.
-        grads, state["constant"] = combine(state["fixed_grads"], [all_grads[i] for i in index])
+        # higher passes one entry per student parameter (None for frozen ones): reduce the trainable ones.
         out = list(all_grads)
-        for i, g in zip(index, reduce_grads(grads, params, grad_reduce)):
+        for i, g in zip(index, reduce_grads([all_grads[i] for i in index], params, grad_reduce)):
             out[i] = g
         return out
 
@@ -196,19 +164,9 @@ def run_higher(
         fmodel,
         diffopt,
     ):
-        # copy_initial_weights=False: fmodel starts from (clones of) the real parameters, so this forward
-        # carries the graph to them and the real student step can reuse it.
-        student_out = fmodel(lq, return_feats=True)
-        fixed, meta = split_losses(inner_loss(*student_out))
-        if fixed is not None:
-            fast = list(fmodel.parameters())
-            state["fixed_grads"] = fixed_gradients(fixed, [fast[i] for i in index])
-        diffopt.step(meta, grad_callback=callback)
-        if state["constant"]:
-            constant = {index[j] for j in state["constant"]}
-            fmodel.update_params(
-                [p.detach() if i in constant else p for i, p in enumerate(fmodel.fast_params)]
-            )
+        fast = list(fmodel.parameters())
+        surrogate = sum((fast[i] * g).sum() for i, g in zip(index, grads) if g is not None)
+        diffopt.step(surrogate, grad_callback=callback)
         meta_lq, meta_gt = meta_input
-        sr_meta = fmodel(meta_lq, return_feats=True)[0]
-    return meta_loss_fn(sr_meta, meta_gt), student_out, state["fixed_grads"]
+        sr_meta = fmodel(meta_lq)
+    return meta_loss_fn(sr_meta, meta_gt)

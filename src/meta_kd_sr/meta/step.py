@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_kd_sr.meta.engines import GradReduce, ParamStep, StudentOut, run_func, run_higher
+from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, inner_gradient
+from meta_kd_sr.meta.engines import GradReduce, ParamStep, run_func, run_higher
 
 ENGINES = ("higher", "func")
 PSEUDO_KINDS = ("sgd", "sgd_lr", "adam_state")
@@ -58,16 +59,15 @@ class MetaResult:
     Attributes:
         meta_loss: detached scalar L_meta at theta'.
         grads: d L_meta / d meta_params, same order and shapes as ``meta_params``.
-        student_out: ``student(lq, return_feats=True)`` at theta, graph attached to the real parameters.
-        fixed_grads: when ``inner_loss`` returned ``(fixed, meta)``: d fixed / d theta (detached, not reduced
-            across ranks) for every trainable student parameter in ``student.parameters()`` order, so the
-            real student step can add them instead of back-propagating ``fixed`` a second time; else None.
+        inner: the inner gradient at theta and the current phi (local to this process), with the student's
+            detached outputs on the train batch: ``inner.at(output_grads)`` gives the real student step's
+            gradient after phi has changed, re-running only the part of the student up to the last
+            distilled feature.
     """
 
     meta_loss: Tensor
     grads: list[Tensor]
-    student_out: StudentOut | None
-    fixed_grads: list[Tensor] | None = None
+    inner: InnerGradient
 
 
 def unwrap_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
@@ -137,7 +137,7 @@ def _complete(grads: Sequence[Tensor | None], meta_params: list[Tensor]) -> list
 def meta_gradient(
     student: nn.Module,
     meta_params: Iterable[Tensor],
-    inner_loss: Callable[[Tensor, dict[str, Tensor]], Tensor | tuple[Tensor, Tensor]],
+    inner_loss: InnerLoss,
     lq: Tensor,
     meta_lq: Tensor,
     meta_gt: Tensor,
@@ -150,16 +150,16 @@ def meta_gradient(
 ) -> MetaResult:
     """Exact meta-gradient d L1(S_theta'(meta_lq), meta_gt) / d meta_params; the student is not changed.
 
+    The pseudo-step gradient g(phi) is carried through the student's outputs (``meta_kd_sr.meta.carried``):
+    one plain backward of the student, and its derivative in phi by a forward-mode pass at the meta
+    backward; the same numbers as differentiating ``autograd.grad(..., create_graph=True)``.
+
     Args:
         student: returns ``(sr, feats)`` from ``student(lq, return_feats=True)``.
         meta_params: the KRNet parameters phi (``inner_loss`` must depend on them).
         inner_loss: ``(sr, feats) -> scalar`` distillation objective on the train batch (reconstruction +
-            lambda * KD terms, teacher features precomputed), or ``-> (fixed, meta)`` whose sum is that
-            objective, ``fixed`` being the terms that do not use meta_params (reconstruction, output KD). The
-            split gives the same meta-gradient with less work: no graph for the gradient of ``fixed``,
-            parameters that ``meta`` does not reach (e.g. the upsampler after the last distilled feature)
-            enter theta' as constants, and ``MetaResult.fixed_grads`` lets the real step skip ``fixed``'s
-            backward.
+            lambda * KD terms, teacher features precomputed). It must read the student only through the
+            ``(sr, feats)`` it is given (a ValueError says so otherwise).
         lq: (B, 3, h, w) train batch input.
         meta_lq: (B_m, 3, h_m, w_m) meta batch input (a split disjoint from the train images).
         meta_gt: (B_m, 3, s*h_m, s*w_m) meta batch target.
@@ -192,12 +192,11 @@ def meta_gradient(
     steps = plan_pseudo_step(named, pseudo, unwrap_optimizer(optimizer), engine)
     run = run_higher if engine == "higher" else run_func
     with torch.enable_grad():  # the pseudo step needs a graph even if the caller is under no_grad
-        meta_loss, student_out, fixed_grads = run(
-            student, steps, inner_loss, lq, (meta_lq, meta_gt), grad_reduce, meta_loss_fn or F.l1_loss
-        )
+        inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params)
+        meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn or F.l1_loss)
         # autograd.grad, not backward: it skips higher's fast-weight leaves (1.6x faster, NOTES).
-        grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
-    return MetaResult(meta_loss.detach(), _complete(grads, meta_params), student_out, fixed_grads)
+        meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
+    return MetaResult(meta_loss.detach(), _complete(meta_grads, meta_params), inner)
 
 
 def ddp_grad_mean(world_size: int | None = None) -> Callable[[list[Tensor]], list[Tensor]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .blocks import DIV2K_RGB_MEAN, FEATURE_NAMES, SRNet, third_points
+from .blocks import DIV2K_RGB_MEAN, FEATURE_NAMES, SRNet, accepts_features_only, third_points
 from .convert import detect_format, load_pretrained, load_state_dict_any
 from .edsr import EDSR
 from .rcan import RCAN
@@ -13,6 +13,7 @@ __all__ = [
     "FEATURE_NAMES",
     "RCAN",
     "SRNet",
+    "accepts_features_only",
     "detect_format",
     "load_pretrained",
     "load_state_dict_any",

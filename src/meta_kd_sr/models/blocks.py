@@ -6,6 +6,7 @@ Submodule names follow BasicSR where it has plain names (``conv_first``, ``body`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +43,14 @@ def third_points(n: int) -> tuple[int, int]:
     i1 = max(1, round(n / 3))
     i2 = min(n, max(i1 + 1, round(2 * n / 3)))
     return i1, i2
+
+
+def accepts_features_only(net: nn.Module) -> bool:
+    """Whether ``net.forward`` takes ``features_only=True`` (features without the upsampler, as SRNet)."""
+    try:
+        return "features_only" in inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ResBlock(nn.Module):
@@ -167,17 +176,21 @@ class SRNet(nn.Module):
         return dict.fromkeys(self.feature_names, self.n_feats)
 
     def forward(
-        self, lq: torch.Tensor, return_feats: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, lq: torch.Tensor, return_feats: bool = False, features_only: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Super-resolve ``lq``; optionally return the three distilled features.
 
         Args:
             lq: (B, 3, h, w) float in [0, 1].
             return_feats: also return ``{"f1", "f2", "f3"}``, each (B, n_feats, h, w): the outputs of the
                 body units at ``third_points(n)`` and of ``conv_after_body`` (before the long skip).
+            features_only: return the features alone and skip the upsampler and ``conv_last`` (at x4 more
+                than half of the network's cost). Used for a teacher whose SR output no loss reads, and by
+                the meta step's forward-mode pass.
 
         Returns:
-            ``sr`` (B, 3, h * scale, w * scale), not clamped; or ``(sr, feats)`` if ``return_feats``.
+            ``sr`` (B, 3, h * scale, w * scale), not clamped; ``(sr, feats)`` if ``return_feats``; ``feats``
+            if ``features_only``.
 
         """
         if lq.dim() != 4 or lq.shape[1] != 3 or not lq.is_floating_point():
@@ -185,6 +198,7 @@ class SRNet(nn.Module):
         mean = self.mean.to(lq.dtype)
         x = self.conv_first((lq - mean) * self.img_range)
         h, feats = x, {}
+        return_feats = return_feats or features_only
         for i, unit in enumerate(self.body):
             h = unit(h)
             if return_feats:
@@ -193,6 +207,9 @@ class SRNet(nn.Module):
                 if i == self.taps[1]:
                     feats["f2"] = h
         res = self.conv_after_body(h)
+        if features_only:
+            feats["f3"] = res
+            return feats
         sr = self.conv_last(self.upsample(res + x)) / self.img_range + mean
         if not return_feats:
             return sr

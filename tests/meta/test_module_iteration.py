@@ -1,0 +1,113 @@
+"""SRModule.iteration with meta learning == the SPEC §5 steps written out with plain autograd (float64)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from meta_setup import rel_err
+
+from meta_kd_sr.distill import Distiller, KRNetLoss
+from meta_kd_sr.meta import PseudoStep, meta_gradient
+from meta_kd_sr.models import EDSR
+from meta_kd_sr.module import SRModule
+from meta_kd_sr.module_meta import MetaSettings
+
+
+def build(engine="higher", output_weight=0.0, dtype=torch.float64):
+    torch.manual_seed(0)
+    student = EDSR(2, n_feats=6, n_blocks=3).to(dtype)
+    teacher = EDSR(2, n_feats=10, n_blocks=3).to(dtype)
+    distiller = Distiller(
+        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5),
+        student_channels=student.feature_channels,
+        teacher_channels=teacher.feature_channels,
+        feature_scale=1 / 255,
+        output_weight=output_weight,
+    ).to(dtype)
+    module = SRModule(
+        student,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        scale=2,
+        distiller=distiller,
+        teacher=teacher,
+        meta=MetaSettings(engine=engine, alpha=0.5, lr=1e-2),
+    )
+    lq, meta_lq = torch.rand(2, 2, 3, 8, 8, dtype=dtype)
+    gt, meta_gt = torch.rand(2, 2, 3, 16, 16, dtype=dtype)
+    batch = {"train": {"lq": lq, "gt": gt}, "meta": {"lq": meta_lq, "gt": meta_gt}}
+    return module, batch
+
+
+def optimizers(module):
+    return [entry["optimizer"] for entry in module.configure_optimizers()]
+
+
+def reference_iteration(module, batch, opt_s, opt_k) -> None:
+    """Pseudo step, meta-gradient, KRNet step, then a fresh forward/backward with the new KRNets."""
+    lq, gt = batch["train"]["lq"], batch["train"]["gt"]
+    d = module.distiller
+    with torch.no_grad():
+        sr_t, feats_t = module.teacher(lq, return_feats=True)
+
+    def inner(sr, feats):
+        return d(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)["loss"]
+
+    meta = batch["meta"]
+    result = meta_gradient(
+        module.student, d.meta_parameters(), inner, lq, meta["lq"], meta["gt"], pseudo=PseudoStep(alpha=0.5)
+    )
+    for p, g in zip(d.meta_parameters(), result.grads):
+        p.grad = g
+    opt_k.step()
+    opt_s.zero_grad()
+    d.kd_losses.requires_grad_(False)
+    inner(*module.student(lq, return_feats=True)).backward()
+    d.kd_losses.requires_grad_(True)
+    opt_s.step()
+
+
+def state(module):
+    return [p.detach() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("engine", ["higher", "func"])
+@pytest.mark.parametrize("output_weight", [0.0, 0.5])
+def test_meta_iteration_equals_the_steps_written_out(engine, output_weight) -> None:
+    module, batch = build(engine, output_weight)
+    reference = copy.deepcopy(module)
+    before = [p.detach().clone() for p in module.parameters()]
+    terms, logs = module.iteration(batch, *optimizers(module))
+    reference_iteration(reference, batch, *optimizers(reference))
+    moved = [a - b for a, b in zip(state(module), before)]
+    expected = [a - b for a, b in zip(state(reference), before)]
+    assert rel_err(moved, expected) < 1e-9
+    for name in ("student", "distiller.adapters", "distiller.kd_losses"):
+        assert any(
+            (a != b).any() for (n, a), b in zip(module.named_parameters(), before) if n.startswith(name)
+        )
+    assert all(torch.equal(a, b) for (n, a), b in zip(module.named_parameters(), before) if "teacher" in n)
+    assert logs["train/meta_grad_norm"] > 0 and torch.isfinite(logs["train/loss_meta"])
+    assert set(terms) >= {"loss", "loss_rec", "loss_kd", "loss_kd_f1"}
+    assert all(p.grad is None for p in module.student.parameters())
+
+
+def test_teacher_skips_its_upsampler_when_no_loss_reads_its_image() -> None:
+    module, batch = build()
+    sr_t, feats_t = module.teacher_forward(batch["train"]["lq"])
+    assert sr_t is None and set(feats_t) == {"f1", "f2", "f3"}
+    module, batch = build(output_weight=0.5)
+    sr_t, feats_t = module.teacher_forward(batch["train"]["lq"])
+    assert sr_t.shape == batch["train"]["gt"].shape and set(feats_t) == {"f1", "f2", "f3"}
+
+
+def test_meta_iteration_needs_a_meta_batch_and_meta_learning() -> None:
+    module, batch = build()
+    opt_s, opt_k = optimizers(module)
+    with pytest.raises(ValueError, match="needs a meta batch"):
+        module.iteration(batch["train"], opt_s, opt_k)
+    module.meta.enabled = False
+    with pytest.raises(ValueError, match="meta learning is off"):
+        module.iteration(batch, opt_s, opt_k)
