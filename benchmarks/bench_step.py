@@ -1,25 +1,18 @@
 """Cost of one meta-KD (MKD) training iteration relative to an output-KD iteration (not a test).
 
 Builds an EDSR student (32 ch x 4 blocks) and an EDSR teacher (64 ch x 8 blocks, random weights: timing only)
-and times, interleaved (A B C A B C ...) so that machine drift hits every variant alike:
+and times ``SRModule.iteration`` - the training iteration that ``training_step`` runs, without the Trainer's
+bookkeeping - interleaved (A B C A B C ...) so that machine drift hits every variant alike:
 
 - ``output KD``: teacher forward (no grad) + student forward + ``Distiller(output_weight=0.5,
   rec_weight=0.5)`` + backward + Adam step;
-- ``MKD higher`` / ``MKD func``: the iteration of ``SRModule.training_step`` with meta learning on, built
-  from the library's public pieces as ``module_meta.meta_update`` uses them: teacher forward once;
-  ``meta_gradient`` (SGD pseudo step, the given engine) on a disjoint meta batch with a KRNet ``Distiller``
-  (3 KRNets at the ``conf/distill/mkd.yaml`` defaults, 1x1 adapters, feature scale 1/255); KRNet Adam step;
-  real student step reusing the student forward returned by ``meta_gradient``, KRNets ``frozen``; Adam step.
+- ``MKD higher`` / ``MKD func``: meta learning on, the given engine: teacher forward once (features only,
+  no loss reads its SR image); the meta step (SGD pseudo step, alpha 0.1) on a disjoint meta batch of the
+  same size with a KRNet ``Distiller`` (3 KRNets at the ``conf/distill/mkd.yaml`` defaults, 1x1 adapters,
+  feature scale 1/255); KRNet Adam step; real student step with the updated KRNets; Adam step.
 
-With ``--all`` also:
-
-- ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet ablation), i.e. the
-  MKD iteration without its meta step;
-- ``MKD higher split``: a proposed change of the module: ``inner_loss`` returns ``(fixed, meta)`` (the
-  reconstruction term apart from the KD terms) and the real step back-propagates only the KD terms, adding
-  ``MetaResult.fixed_grads``; same updates up to rounding;
-- ``MKD proposed``: the split, and the teacher run only up to its last distilled feature (a distiller with
-  ``output_weight=0`` never reads the teacher's SR output; the x4 upsampler is most of the teacher's cost).
+With ``--all`` also ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet
+ablation), i.e. the MKD iteration without its meta step.
 
 Peak memory is measured per variant in a fresh subprocess: the increase of the peak resident set size
 (``ru_maxrss``) over the resident size once the models, optimizers and batches are built, with the allocator
@@ -51,14 +44,12 @@ import torch.nn.functional as F
 
 from meta_kd_sr.data.embedded import EMBEDDED_PHOTOS, load_photo
 from meta_kd_sr.distill import Distiller, KRNetLoss
-from meta_kd_sr.meta import MetaResult, PseudoStep, meta_gradient
-from meta_kd_sr.models.blocks import SRNet
 from meta_kd_sr.models.edsr import EDSR
-from meta_kd_sr.module_meta import frozen
-from meta_kd_sr.teacher import freeze_teacher
+from meta_kd_sr.module import SRModule
+from meta_kd_sr.module_meta import MetaSettings
 
 VARIANTS = ("output KD", "MKD higher", "MKD func")
-EXTRA_VARIANTS = ("KRNet KD", "MKD higher split", "MKD proposed")
+EXTRA_VARIANTS = ("KRNet KD",)
 SCALE = 4
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
 
@@ -88,26 +79,11 @@ def photo_batches(
     return out
 
 
-def teacher_features(
-    net: SRNet, lq: torch.Tensor, return_feats: bool = True
-) -> tuple[None, dict[str, torch.Tensor]]:
-    """``net(lq, return_feats=True)`` without the upsampler: ``(None, feats)`` (a proposed forward option)."""
-    x = net.conv_first((lq - net.mean.to(lq.dtype)) * net.img_range)
-    h, feats = x, {}
-    for i, unit in enumerate(net.body):
-        h = unit(h)
-        feats.update({key: h for key, tap in zip(("f1", "f2"), net.taps) if tap == i})
-    feats["f3"] = net.conv_after_body(h)
-    return None, feats
-
-
 def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
-    """Models, optimizers and batches of one variant; returns ``step(i)`` running training iteration ``i``."""
+    """Module, optimizers and batches of one variant; returns ``step(i)`` running training iteration ``i``."""
     torch.manual_seed(0)
     student = EDSR(SCALE, n_feats=args.student_feats, n_blocks=args.student_blocks)
-    teacher = freeze_teacher(
-        EDSR(SCALE, n_feats=args.teacher_feats, n_blocks=args.teacher_blocks, res_scale=0.1)
-    )
+    teacher = EDSR(SCALE, n_feats=args.teacher_feats, n_blocks=args.teacher_blocks, res_scale=0.1)
     train = photo_batches(args.batches, args.batch, args.patch, seed=1)
     meta = photo_batches(args.batches, args.batch, args.patch, seed=2)  # disjoint stream (timing only)
     if name == "output KD":
@@ -121,57 +97,24 @@ def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
             feature_scale=1 / 255,
             meta_learn=name != "KRNet KD",
         )
-    opt_s = torch.optim.Adam(list(student.parameters()) + distiller.student_side_parameters(), lr=1e-4)
-    krnet_params = distiller.meta_parameters()
-    opt_k = torch.optim.Adam(krnet_params, lr=1e-4) if krnet_params else None
-    engine = "func" if name == "MKD func" else "higher"
-    split = name.endswith(("split", "proposed"))
-    forward_teacher = functools.partial(teacher_features, teacher) if name == "MKD proposed" else teacher
-
-    def inner_loss(sr: torch.Tensor, feats: dict, gt: torch.Tensor, sr_t: torch.Tensor, feats_t: dict):
-        terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
-        if not split:
-            return terms["loss"]  # as module_meta.meta_update
-        # proposed: the terms without phi apart, so that their gradient is built once, without a graph
-        fixed = distiller.rec_weight * terms["loss_rec"]
-        if "loss_out" in terms:
-            fixed = fixed + distiller.output_weight * terms["loss_out"]
-        return fixed, distiller.kd_weight * terms["loss_kd"]
-
-    def meta_step(
-        i: int, lq: torch.Tensor, gt: torch.Tensor, sr_t: torch.Tensor, feats_t: dict
-    ) -> MetaResult:
-        # As module_meta.meta_update: meta-gradient through the pseudo step, then the KRNet Adam step.
-        meta_lq, meta_gt = meta[i % len(meta)]
-        result = meta_gradient(
-            student, krnet_params, functools.partial(inner_loss, gt=gt, sr_t=sr_t, feats_t=feats_t),
-            lq, meta_lq, meta_gt, optimizer=opt_s, pseudo=PseudoStep(), engine=engine,
-        )  # fmt: skip
-        for p, g in zip(krnet_params, result.grads):
-            p.grad = g
-        opt_k.step()
-        opt_k.zero_grad(set_to_none=True)
-        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in result.grads]))  # logged
-        return result
+    module = SRModule(
+        student,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-4),
+        scale=SCALE,
+        distiller=distiller,
+        teacher=teacher,
+        meta=MetaSettings(engine="func" if name == "MKD func" else "higher", alpha=0.1),
+    )
+    opts = [entry["optimizer"] for entry in module.configure_optimizers()]
+    opt_krnet = opts[1] if module.meta_enabled else None
 
     def step(i: int) -> None:
-        # As SRModule.training_step: teacher once, [meta step, KRNet step], student step.
         lq, gt = train[i % len(train)]
-        with torch.no_grad():
-            sr_t, feats_t = forward_teacher(lq, return_feats=True)
-        result = meta_step(i, lq, gt, sr_t, feats_t) if opt_k is not None else None
-        sr, feats = result.student_out if result is not None else student(lq, return_feats=True)
-        with frozen(krnet_params):
-            terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
-        opt_s.zero_grad(set_to_none=True)
-        if split:  # proposed: back-propagate the KD terms only, add the fixed part's gradients
-            (distiller.kd_weight * terms["loss_kd"]).backward()
-            trainable = [p for p in student.parameters() if p.requires_grad]
-            for p, g in zip(trainable, result.fixed_grads):
-                p.grad = g if p.grad is None else p.grad.add_(g)
-        else:
-            terms["loss"].backward()
-        opt_s.step()
+        batch = {"lq": lq, "gt": gt}
+        if opt_krnet is not None:
+            meta_lq, meta_gt = meta[i % len(meta)]
+            batch = {"train": batch, "meta": {"lq": meta_lq, "gt": meta_gt}}
+        module.iteration(batch, opts[0], opt_krnet)
 
     return step
 
@@ -239,7 +182,7 @@ def header(args: argparse.Namespace) -> str:
             f"x{SCALE}: student EDSR {args.student_feats} ch x {args.student_blocks} blocks, teacher EDSR "
             f"{args.teacher_feats} ch x {args.teacher_blocks} blocks (random weights), batch {args.batch}, "
             f"LR patch {args.patch} (HR {SCALE * args.patch}); MKD: 3 KRNets (8 kernels 3x3, hidden 64, "
-            "cosine R), SGD pseudo step alpha 0.1, meta batch of the same size",
+            "cosine R), SGD pseudo step alpha 0.1, meta batch of the same size; SRModule.iteration, Adam",
             f"time: {args.iters} interleaved iterations per variant after {args.warmup} warm-up; "
             f"memory: peak RSS increase over {args.memory_iters} iterations, fresh subprocess per variant",
         ]
@@ -291,7 +234,7 @@ def main() -> None:
     parser.add_argument(
         "--all",
         action="store_true",
-        help=f"also time {' and '.join(EXTRA_VARIANTS)} (see the module docstring)",
+        help=f"also time {', '.join(EXTRA_VARIANTS)} (see the module docstring)",
     )
     parser.add_argument("--variants", help="comma-separated variants to run, the first is the reference")
     parser.add_argument("--child", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
