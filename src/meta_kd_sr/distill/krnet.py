@@ -5,7 +5,7 @@ generator G_phi reads the student feature and the teacher-student correlation R 
 unit-norm k x k kernels per image (high-pass, i.e. texture, filters); the loss is the mean L1 of every kernel
 applied depthwise to F_T - F_S. Filtering is linear, so K * F_T - K * F_S = K * (F_T - F_S): the residual is
 filtered once (exact, half the work). For per-image kernels the L1 is evaluated as an exact bilinear form
-whose derivatives need no backward filtering (see ``_texture_loss_per_image``): it keeps the meta step cheap.
+whose derivatives need no backward filtering (``meta_kd_sr.distill.texture``): it keeps the meta step cheap.
 
 Convention: ``*`` is cross-correlation with zero 'same' padding (``F.conv2d`` semantics), the same kernel for
 every channel of an image.
@@ -19,6 +19,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from meta_kd_sr.distill.texture import filter_per_image, filter_per_pixel, texture_loss
+
+__all__ = [
+    "CORRELATIONS",
+    "KRNetLoss",
+    "correlation_map",
+    "filter_per_image",
+    "filter_per_pixel",
+    "normalize_kernels",
+    "texture_loss",
+]
 
 CORRELATIONS = ("cosine", "product", "absdiff")
 KERNEL_WEIGHTINGS = ("mean", "softmax")
@@ -64,143 +76,6 @@ def normalize_kernels(raw: Tensor, eps: float = 1e-12) -> Tensor:
     flat = raw.flatten(-2)
     flat = flat - flat.mean(dim=-1, keepdim=True)
     return F.normalize(flat, dim=-1, eps=eps).view_as(raw)
-
-
-def filter_per_image(x: Tensor, kernels: Tensor) -> Tensor:
-    """Filter every channel of image b with each of its own kernels K[b, i] ('same' zero padding).
-
-    One grouped ``F.conv2d`` with the channels moved to the batch axis (groups = B). Measured at B=8,
-    C=64, H=W=48, N=8 (CPU, forward+backward / the meta step's double backward): this 85 / 131 ms; a
-    depthwise conv with groups = B*C 80 / 165 ms; kornia's per-sample ``filter2d`` on the N-times repeated
-    input 60 / 755 ms; unfold+einsum 80 / 121 ms but k*k times the memory. ``texture_loss`` uses the same
-    grouped filtering but never differentiates through its (B, N, C, H, W) output.
-
-    Args:
-        x: (B, C, H, W) features (in the loss: the residual F_T - F_S).
-        kernels: (B, N, k, k), k odd.
-
-    Returns:
-        (B, N, C, H, W): out[b, i] = K[b, i] * x[b].
-    """
-    b, c, h, w = x.shape
-    n, k = kernels.shape[1], kernels.shape[-1]
-    out = F.conv2d(x.transpose(0, 1), kernels.reshape(b * n, 1, k, k), padding=k // 2, groups=b)
-    return out.view(c, b, n, h, w).permute(1, 2, 0, 3, 4)
-
-
-def filter_per_pixel(x: Tensor, kernels: Tensor) -> Tensor:
-    """Spatially varying filtering: pixel p of image b is filtered with its own kernel K[b, i, p].
-
-    Args:
-        x: (B, C, H, W) features.
-        kernels: (B, N, H, W, k, k), k odd.
-
-    Returns:
-        (B, N, C, H, W): out[b, i, c, p] = sum_q K[b, i, p, q] x[b, c, p + q] (zero padding).
-    """
-    b, c, h, w = x.shape
-    n, k = kernels.shape[1], kernels.shape[-1]
-    patches = F.unfold(x, k, padding=k // 2).view(b, c, k * k, h * w)
-    out = torch.einsum("bcqp,bnpq->bncp", patches, kernels.reshape(b, n, h * w, k * k))
-    return out.view(b, n, c, h, w)
-
-
-def _signs(residual: Tensor, unit: Tensor) -> Tensor:
-    """S = sign(K * r) of one image: r (C, H, W), unit kernels (N, 1, k, k) -> (C, N, H, W), channels-last.
-
-    Channels-last output (the single-channel input is given channels-last strides) is what the adjoint
-    filtering reads fastest.
-    """
-    c, h, w = residual.shape
-    x = residual.unsqueeze(1).as_strided((c, 1, h, w), (h * w, 1, w, 1))
-    return F.conv2d(x, unit, padding=unit.shape[-1] // 2).sign_()
-
-
-def _sign_adjoint(weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
-    """Per image conv2d(S[b], weight[b]) with S[b] = sign(unit[b] * r[b]): the adjoint filter of the signs.
-
-    weight: (B, 1, N, k, k) scaled kernels rotated by 180 degrees; residual: (B, C, H, W); unit:
-    (B, N, 1, k, k). Returns (B, C, H, W). One image's sign map (N times its features) is alive at a time.
-    """
-    pad = weight.shape[-1] // 2
-    out = [F.conv2d(_signs(r, u), w, padding=pad) for r, u, w in zip(residual, unit, weight)]
-    return torch.stack(out).squeeze(2)
-
-
-class _SignAdjoint(torch.autograd.Function):
-    """``_sign_adjoint`` differentiable in ``weight`` (the sign maps are constants).
-
-    The backward recomputes each image's sign map (bit-identical) instead of keeping B of them: no memory
-    beyond the residual, which the loss keeps anyway. It is built from differentiable ops, so higher orders
-    stay exact.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
-        ctx.save_for_backward(weight, residual, unit)
-        return _sign_adjoint(weight, residual, unit)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        weight, residual, unit = ctx.saved_tensors
-        pad = weight.shape[-1] // 2
-        mask = [False, True, False]
-        grads = []
-        for g, r, u, w in zip(grad, residual, unit, weight):
-            with torch.no_grad():
-                signs = _signs(r, u)
-            grads.append(
-                torch.ops.aten.convolution_backward(
-                    g.unsqueeze(1), signs, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
-                )[1]
-            )
-        return torch.stack(grads), None, None
-
-
-def _texture_loss_per_image(residual: Tensor, kernels: Tensor, weights: Tensor | None) -> Tensor:
-    """sum_i w_i mean |K_i * r| for per-image kernels, as the bilinear form <K^T * S, r> with S = sign(K * r).
-
-    With S held constant, L(K, r) = sum_{b,i} c_i <K_{b,i}^T * S_{b,i}, r_b> (c_i = w_i / (B C H W), ^T the
-    adjoint filter: correlation with the kernel rotated by 180 degrees) has the value of the L1 form and the
-    same derivatives of every order (|y|' = sign(y), |y|'' = 0 almost everywhere, as autograd differentiates
-    abs): it is exact. It is cheaper: d/dr is the adjoint map already computed in the forward (no backward
-    filtering in the student steps), the meta step's derivative in K is a single weight-gradient filtering
-    with no (B, N, C, H, W) elementwise pass, and no sign map is kept for it.
-
-    Filtering runs image by image with the channels as the batch: K * r is a dense conv with N output
-    channels, the adjoint one with N input channels on channels-last sign maps, and only one image's sign
-    map (N times its features) is alive at a time. Measured at B=8, C=64, 48x48, N=8 (CPU, float32) 4x
-    faster than grouped convs over all images.
-    """
-    b, c, h, w = residual.shape
-    n, k = kernels.shape[1], kernels.shape[-1]
-    # signs of the unscaled kernels' responses: a zero weight w_i keeps its derivative
-    unit = kernels.detach().reshape(b, n, 1, k, k)
-    scale = 1.0 / (n * b * c * h * w) if weights is None else weights.view(1, n, 1, 1) / (b * c * h * w)
-    weight = (kernels * scale).flip(-2, -1).unsqueeze(1)  # (B, 1, N, k, k): the adjoint filter
-    if weight.requires_grad:
-        adjoint = _SignAdjoint.apply(weight, residual.detach(), unit)
-    else:  # the real student step: the kernels are constants, nothing is saved
-        with torch.no_grad():
-            adjoint = _sign_adjoint(weight, residual.detach(), unit)
-    return (adjoint * residual).sum()
-
-
-def texture_loss(residual: Tensor, kernels: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Texture-wise L1: sum_i w_i * mean |K_i * residual| (w_i = 1/N by default).
-
-    Args:
-        residual: (B, C, H, W) F_T - F_S.
-        kernels: (B, N, k, k) per-image kernels or (B, N, H, W, k, k) per-pixel kernels.
-        weights: (N,) non-negative weights summing to 1, or None for the mean over kernels.
-
-    Returns:
-        Scalar loss.
-    """
-    if kernels.dim() == 4:
-        return _texture_loss_per_image(residual, kernels, weights)
-    per_kernel = filter_per_pixel(residual, kernels).abs().mean(dim=(0, 2, 3, 4))  # (N,)
-    return per_kernel.mean() if weights is None else (per_kernel * weights).sum()
 
 
 class KRNetLoss(nn.Module):
