@@ -26,6 +26,8 @@ _F64 = ["trainer.precision=64-true"]
 RUNS = {
     "mkd_higher": ["meta.engine=higher", *_MKD, f"trainer.val_check_interval={STEPS}"],
     "mkd_func": ["meta.engine=func", *_MKD, *_NO_VAL],
+    # iterations 0 and 2 reduce by hand (meta step), iteration 1 through DDP's backward
+    "mkd_every2": ["meta.every_n_steps=2", *_MKD, *_NO_VAL],
     "fakd": ["distill=fakd", *_NO_VAL],
     "mkd_higher_f64": ["meta.engine=higher", *_MKD, *_NO_VAL, *_F64],
     "mkd_func_f64": ["meta.engine=func", *_MKD, *_NO_VAL, *_F64],
