@@ -99,8 +99,11 @@ def test_ddp_spawn_runs_a_local_multirun(ddp_assets, tmp_path):
     run_checked(cmd, cwd=tmp_path, timeout=600)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for point in ("0", "1"):
-        # the evaluation after fit is a second spawn, whose CSVLogger picks the next version
+        # the evaluation after fit is a second spawn, whose CSVLogger picks the next version and leaves the
+        # training log (here: the teacher's PSNR logged at fit start) whole
         assert_one_run(sweep / point, log_versions=2)
+        fit_log = (sweep / point / "csv" / "version_0" / "metrics.csv").read_text()
+        assert "val/teacher_psnr_y" in fit_log.splitlines()[0]
     assert not (tmp_path / "multirun").exists()
 
 

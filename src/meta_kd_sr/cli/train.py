@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
@@ -63,8 +64,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     callbacks, loggers = _instantiate_dict(cfg.get("callbacks")), _instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in trainer.loggers:
-        _ = lg.version  # resolve it now: the evaluation after fit must not start a new logger version
+    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        for lg in trainer.loggers:
+            _ = lg.version  # resolve it now: the evaluation after fit must not start a new logger version
+    # Under a spawn launcher each spawn (fit, then the evaluation) logs from fresh processes whose CSV writer
+    # would rewrite a shared version's metrics.csv with its own rows only: left unresolved, the evaluation
+    # picks the next version and the training log stays whole.
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     result: dict[str, Any] = {
         "output_dir": str(output_dir),
