@@ -10,9 +10,12 @@ import torch
 from cli_helpers import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from PIL import Image
 
 from meta_kd_sr.cli.train import build_module, train
+from meta_kd_sr.data.transforms import bicubic_downscale
 from meta_kd_sr.export import student_from_checkpoint
+from meta_kd_sr.metrics import psnr_y
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 METHODS = ["none", "output", "fitnet", "at", "fsp", "fakd", "mkd", "mkd_static", "mkd_nocorr", "mkd_frozen"]
@@ -23,14 +26,28 @@ def _kd_overrides(method: str, ckpt) -> list[str]:
     return ["experiment=tiny_kd", f"distill={method}", f"teacher.ckpt_path={ckpt}", *TEACHER, *data]
 
 
-def test_supervised_run_writes_checkpoint_eval_and_student(tmp_path):
-    result = train(compose_train(tmp_path, ["experiment=tiny_sr"]))
+def test_supervised_run_writes_checkpoint_eval_and_student(tmp_path, photos_uint8):
+    bench = tmp_path / "bench" / "Tiny" / "HR"  # a benchmark folder: reported under its parent's name
+    bench.mkdir(parents=True)
+    for name in ("chelsea", "coffee"):  # sides not multiples of 4: the protocol crops them
+        Image.fromarray(photos_uint8[name][:45, :50]).save(bench / f"{name}.png")
+    result = train(compose_train(tmp_path, ["experiment=tiny_sr", f"evaluation.hr_dirs=[{bench}]"]))
     assert result["iterations"] == 4
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["val"]["psnr_y"] == pytest.approx(result["val"]["psnr_y"])
     assert 5 < saved["val"]["psnr_y"] < 60 and 0 < saved["val"]["ssim_y"] <= 1
     net, config = student_from_checkpoint(saved["student"])
     assert config["_target_"] == "meta_kd_sr.models.EDSR" and net.scale == 4
+    # the benchmark evaluation after fit == the protocol written out on the exported student
+    expected = []
+    for name in ("chelsea", "coffee"):
+        hr = torch.from_numpy(photos_uint8[name][:44, :48].copy()).permute(2, 0, 1)
+        lq = bicubic_downscale(hr, 4).float().unsqueeze(0) / 255
+        with torch.no_grad():
+            sr = net(lq).clamp(0, 1)
+        expected.append(psnr_y(sr, hr.float().unsqueeze(0) / 255, crop_border=4).item())
+    tiny = saved["benchmarks"]["Tiny"]
+    assert tiny["n_images"] == 2 and tiny["psnr_y"] == pytest.approx(sum(expected) / 2, abs=1e-9)
 
 
 def _fit(cfg, tmp_path):

@@ -102,21 +102,13 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
     hr_dirs = cfg.evaluation.get("hr_dirs") or []
     if not hr_dirs:
         return None
-    eval_cfg = OmegaConf.create(
-        {
-            "ckpt_path": student_path,
-            "scale": cfg.scale,
-            "hr_dirs": list(hr_dirs),
-            "output_json": None,
-            "crop_border": None,
-            "self_ensemble": cfg.evaluation.self_ensemble,
-            "tile": cfg.val.tile,
-            "tile_overlap": 16,
-            "device": "auto",
-            "model": None,
-            "format": None,
-        }
-    )
+    # eval.yaml's defaults (the meta-kd-sr-eval command), with this run's settings
+    eval_cfg = OmegaConf.load(Path(config_dir()) / "eval.yaml")
+    for key in ("defaults", "hydra"):
+        eval_cfg.pop(key, None)
+    overrides = {"ckpt_path": student_path, "scale": cfg.scale, "hr_dirs": list(hr_dirs), "model": None}
+    overrides |= {"self_ensemble": cfg.evaluation.self_ensemble, "tile": cfg.val.tile}
+    eval_cfg = OmegaConf.merge(eval_cfg, overrides)
     return evaluate(eval_cfg)
 
 
