@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["benchmarks"] = _evaluate_benchmarks(cfg, result["student"])
         (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
         log.info("run result: %s", json.dumps(result))
+    _finish_wandb()
     return result
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run of this fit.
+
+    The next ``train`` in this process (a sweep point of Hydra's local launcher, a notebook cell) would
+    otherwise log into it: Lightning's WandbLogger reuses an open run.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def _final_checkpoint(trainer: pl.Trainer) -> str | None:
