@@ -33,7 +33,7 @@ bench-data: $(STAMP)
 	$(RUN) $(PY) benchmarks/bench_data.py
 
 bench-step: $(STAMP)
-	$(RUN) $(PY) benchmarks/bench_step.py
+	$(RUN) $(PY) benchmarks/bench_step.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

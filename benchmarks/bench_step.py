@@ -12,7 +12,8 @@ bookkeeping - interleaved (A B C A B C ...) so that machine drift hits every var
   feature scale 1/255); KRNet Adam step; real student step with the updated KRNets; Adam step.
 
 With ``--all`` also ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet
-ablation), i.e. the MKD iteration without its meta step.
+ablation), i.e. the MKD iteration without its meta step. With ``--stages`` also the time per stage of an MKD
+iteration, from the ``torch.profiler.record_function`` labels of ``SRModule.iteration`` and ``meta_gradient``.
 
 Peak memory is measured per variant in a fresh subprocess: the increase of the peak resident set size
 (``ru_maxrss``) over the resident size once the models, optimizers and batches are built, with the allocator
@@ -216,6 +217,40 @@ def report(names: list[str], times: dict[str, list[float]], memory: dict[str, in
     return "\n".join(rows)
 
 
+STAGES = (
+    ("iteration/teacher", "teacher forward (features only)"),
+    ("iteration/meta_step", "meta step + KRNet step"),
+    ("meta/pseudo_gradient", "  pseudo-step gradient: student fwd, KRNets, plain bwd"),
+    ("meta/meta_forward", "  theta' and meta-batch forward"),
+    ("meta/meta_backward", "  meta backward"),
+    ("meta/jvp", "    of which the forward-mode pass"),
+    ("iteration/student_step", "real student step"),
+)
+
+
+def stage_report(args: argparse.Namespace) -> str:
+    """Where an MKD (higher) iteration spends its time, from the library's ``record_function`` labels."""
+    step = build_variant("MKD higher", args)
+    for i in range(args.warmup):
+        step(i)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(args.stage_iters):
+            with torch.profiler.record_function("iteration"):
+                step(i)
+    events = {e.key: e for e in prof.key_averages()}
+    per_it = {key: events[key].cpu_time_total / 1e3 / args.stage_iters for key, _ in STAGES if key in events}
+    total = events["iteration"].cpu_time_total / 1e3 / args.stage_iters
+    rows = [
+        f"MKD higher, {args.stage_iters} profiled iterations (profiler overhead included): {total:.0f} ms/it"
+    ]
+    rows += [
+        f"{label:<56} {per_it[key]:7.0f} ms {per_it[key] / total:6.1%}"
+        for key, label in STAGES
+        if key in per_it
+    ]
+    return "\n".join(rows)
+
+
 def main() -> None:
     """Time the variants interleaved, measure their memory in subprocesses, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -237,6 +272,10 @@ def main() -> None:
         help=f"also time {', '.join(EXTRA_VARIANTS)} (see the module docstring)",
     )
     parser.add_argument("--variants", help="comma-separated variants to run, the first is the reference")
+    parser.add_argument(
+        "--stages", action="store_true", help="also profile where an MKD iteration spends its time"
+    )
+    parser.add_argument("--stage-iters", type=int, default=5)
     parser.add_argument("--child", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -256,6 +295,9 @@ def main() -> None:
     times = time_interleaved(names, args)
     print()
     print(report(names, times, memory))
+    if args.stages:
+        print()
+        print(stage_report(args))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

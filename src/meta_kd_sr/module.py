@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
@@ -187,20 +188,10 @@ class SRModule(pl.LightningModule):
         """
         train = batch["train"] if "train" in batch else batch
         lq, gt = train["lq"], train["gt"]
-        sr_t, feats_t = self.teacher_forward(lq)
+        with record_function("iteration/teacher"):
+            sr_t, feats_t = self.teacher_forward(lq)
         if opt_krnet is not None:
-            if not self.meta_enabled:
-                raise ValueError(
-                    "opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)"
-                )
-            if "meta" not in batch:
-                raise ValueError(
-                    "a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}"
-                )
-            with self.distiller.reuse_inputs():  # the KRNets' inputs do not depend on phi
-                result, logs = meta_update(self, opt_krnet, opt_student, lq, gt, batch["meta"], sr_t, feats_t)
-                terms = real_step_after_meta(self, result.inner, opt_student, gt, sr_t, feats_t)
-            return terms, logs
+            return self._meta_iteration(batch, opt_student, opt_krnet, sr_t, feats_t)
         sr, feats = self.student(lq, return_feats=True)
         with frozen(self.distiller.meta_parameters()):
             terms = self.distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
@@ -211,6 +202,27 @@ class SRModule(pl.LightningModule):
             terms["loss"].backward()
         opt_student.step()
         return terms, {}
+
+    def _meta_iteration(
+        self,
+        batch: Mapping[str, Any],
+        opt_student: Any,
+        opt_krnet: Any,
+        sr_t: torch.Tensor | None,
+        feats_t: dict[str, torch.Tensor] | None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Meta step, KRNet step, then the real student step with the updated KRNets."""
+        if not self.meta_enabled:
+            raise ValueError("opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)")
+        if "meta" not in batch:
+            raise ValueError("a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}")
+        lq, gt = batch["train"]["lq"], batch["train"]["gt"]
+        with self.distiller.reuse_inputs():  # the KRNets' inputs do not depend on phi
+            with record_function("iteration/meta_step"):
+                result, logs = meta_update(self, opt_krnet, opt_student, lq, gt, batch["meta"], sr_t, feats_t)
+            with record_function("iteration/student_step"):
+                terms = real_step_after_meta(self, result.inner, opt_student, gt, sr_t, feats_t)
+        return terms, logs
 
     def _step_schedulers(self) -> None:
         scheds = self.lr_schedulers()

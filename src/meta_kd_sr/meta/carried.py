@@ -26,6 +26,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from meta_kd_sr.models.blocks import accepts_features_only
 
@@ -115,7 +116,7 @@ class InnerGradient:
         autograd graph, which ``at`` reuses for the real step instead of running the student again.
         """
         names = [self.names[i] for i in self.reached]
-        with torch.enable_grad(), fwAD.dual_level():
+        with record_function("meta/jvp"), torch.enable_grad(), fwAD.dual_level():
             duals = {n: fwAD.make_dual(self.params[i], t) for n, i, t in zip(names, self.reached, tangents)}
             unpacked = [fwAD.unpack_dual(o) for o in self._carried_outputs(duals)]
         self._primal = [u.primal for u in unpacked]

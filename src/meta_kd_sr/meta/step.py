@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, inner_gradient
 from meta_kd_sr.meta.engines import GradReduce, ParamStep, run_func, run_higher
@@ -192,10 +193,14 @@ def meta_gradient(
     steps = plan_pseudo_step(named, pseudo, unwrap_optimizer(optimizer), engine)
     run = run_higher if engine == "higher" else run_func
     with torch.enable_grad():  # the pseudo step needs a graph even if the caller is under no_grad
-        inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params)
-        meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn or F.l1_loss)
+        # record_function: named stages for torch.profiler (benchmarks/bench_step.py --stages)
+        with record_function("meta/pseudo_gradient"):
+            inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params)
+        with record_function("meta/meta_forward"):
+            meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn or F.l1_loss)
         # autograd.grad, not backward: it skips higher's fast-weight leaves (1.6x faster, NOTES).
-        meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
+        with record_function("meta/meta_backward"):
+            meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
     return MetaResult(meta_loss.detach(), _complete(meta_grads, meta_params), inner)
 
 
