@@ -147,9 +147,10 @@ def real_step_after_meta(
     """The real student step with the updated KRNets, reusing the meta step's inner gradient.
 
     The loss terms are evaluated on the student's outputs saved by the meta step; the student's gradient
-    is the meta step's plus J^T of the change of the KD terms' output gradients (``InnerGradient.at``),
-    which re-runs the student only up to its last distilled feature. Gradients are averaged across ranks
-    here (no DDP backward runs in this iteration).
+    is the meta step's plus J^T of the change of the KD terms' output gradients (``InnerGradient.at``, a
+    backward through the student's trunk graph recorded by the meta backward's forward-mode pass; the
+    student does not run again). Gradients are averaged across ranks here (no DDP backward runs in this
+    iteration).
 
     Returns:
         The loss terms, as ``Distiller.forward`` returns them.
