@@ -158,7 +158,7 @@ class SRModule(pl.LightningModule):
         due = self.meta_enabled and self.meta.is_due(self.global_step)
         terms, logs = self.iteration(batch, opt_s, opt_k if due else None)
         self._step_schedulers()
-        batch_size = self._batch_size(batch)
+        batch_size = int(self._train_part(batch)["lq"].shape[0])
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         if logs:
             self.log_dict(logs, batch_size=batch_size)
@@ -166,9 +166,9 @@ class SRModule(pl.LightningModule):
         return terms["loss"].detach()
 
     @staticmethod
-    def _batch_size(batch: Mapping[str, Any]) -> int:
-        train = batch["train"] if "train" in batch else batch
-        return int(train["lq"].shape[0])
+    def _train_part(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The train batch: ``batch["train"]`` when the loader also serves a meta batch, else ``batch``."""
+        return batch["train"] if "train" in batch else batch
 
     def iteration(
         self, batch: Mapping[str, Any], opt_student: Any, opt_krnet: Any | None = None
@@ -186,7 +186,7 @@ class SRModule(pl.LightningModule):
         Returns:
             The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log.
         """
-        train = batch["train"] if "train" in batch else batch
+        train = self._train_part(batch)
         lq, gt = train["lq"], train["gt"]
         with record_function("iteration/teacher"):
             sr_t, feats_t = self.teacher_forward(lq)

@@ -65,6 +65,11 @@ def _flatten(out: object) -> list[tuple[str, Tensor]]:
     return [(SR_KEY, sr), *feats.items()]
 
 
+def _unflatten(keys: Sequence[str], tensors: Sequence[Tensor]) -> StudentOut:
+    """``(sr, feats)`` back from the flattened outputs (``"sr"`` first)."""
+    return tensors[0], dict(zip(keys[1:], tensors[1:]))
+
+
 @dataclass
 class InnerGradient:
     """g = grad_theta inner_loss(theta, phi) of one train batch, and what the real student step reuses.
@@ -96,7 +101,7 @@ class InnerGradient:
     def leaves(self) -> tuple[list[Tensor], StudentOut]:
         """Fresh leaves of the outputs (``requires_grad``), as a list and as ``(sr, feats)``."""
         leaves = [t.detach().requires_grad_() for _, t in self.outputs]
-        return leaves, (leaves[0], {k: t for (k, _), t in zip(self.outputs[1:], leaves[1:])})
+        return leaves, _unflatten([k for k, _ in self.outputs], leaves)
 
     def _carried_outputs(self, params: dict[str, Tensor] | None = None) -> list[Tensor]:
         """The carried outputs recomputed at theta (or with ``params`` substituted), graph attached."""
@@ -190,7 +195,7 @@ def inner_gradient(
     outputs = _flatten(student(lq, return_feats=True))
     keys = [k for k, _ in outputs]
     leaves = [t.detach().requires_grad_() for _, t in outputs]
-    loss = inner_loss(leaves[0], {k: t for k, t in zip(keys[1:], leaves[1:])})
+    loss = inner_loss(*_unflatten(keys, leaves))
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError(f"inner_loss must return a scalar tensor, got {type(loss).__name__}")
     reached_by_loss = reached_leaves([loss])
