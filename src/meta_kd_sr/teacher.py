@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from meta_kd_sr.models.convert import load_pretrained
+from meta_kd_sr.models.checkpoint import load_pretrained
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:

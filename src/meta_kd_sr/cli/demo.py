@@ -20,8 +20,8 @@ from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import score_dataset
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.data import EmbeddedPhotos
-from meta_kd_sr.export import student_from_checkpoint
 from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.models.checkpoint import student_from_checkpoint
 
 COMMON = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 

@@ -15,10 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.data import ImageFolderSR
-from meta_kd_sr.export import student_from_checkpoint
 from meta_kd_sr.inference import self_ensemble, tiled_forward, upscale_bicubic
 from meta_kd_sr.metrics import psnr_y, ssim_y
-from meta_kd_sr.models.convert import load_pretrained
+from meta_kd_sr.models.checkpoint import load_pretrained, student_from_checkpoint
 
 log = logging.getLogger(__name__)
 SRFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -1,9 +1,19 @@
-"""Plain ``nn.Module`` SR networks that return named intermediate features, and checkpoint converters."""
+"""Plain ``nn.Module`` SR networks that return named intermediate features, and their checkpoints."""
 
 from __future__ import annotations
 
 from .blocks import DIV2K_RGB_MEAN, FEATURE_NAMES, SRNet, accepts_features_only, third_points
-from .convert import detect_format, load_pretrained, load_state_dict_any
+from .checkpoint import (
+    build_network,
+    export_student,
+    load_pretrained,
+    load_state_dict_any,
+    read_checkpoint,
+    register_network,
+    registered_networks,
+    student_from_checkpoint,
+)
+from .convert import convert_state_dict, detect_format
 from .edsr import EDSR
 from .rcan import RCAN
 
@@ -14,8 +24,15 @@ __all__ = [
     "RCAN",
     "SRNet",
     "accepts_features_only",
+    "build_network",
+    "convert_state_dict",
     "detect_format",
+    "export_student",
     "load_pretrained",
     "load_state_dict_any",
+    "read_checkpoint",
+    "register_network",
+    "registered_networks",
+    "student_from_checkpoint",
     "third_points",
 ]
