@@ -13,8 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from meta_kd_sr.data import EmbeddedPhotos, imresize_uint8, read_image, save_png
-from meta_kd_sr.export import export_student, student_from_checkpoint
 from meta_kd_sr.models import EDSR
+from meta_kd_sr.models.checkpoint import export_student, student_from_checkpoint
 
 BIN = Path(sys.executable).parent
 SMALL = [

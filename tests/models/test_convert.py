@@ -1,48 +1,13 @@
-"""Checkpoint converters: official EDSR-PyTorch/RCAN and BasicSR layouts, our formats, and every error."""
+"""Key converters: official EDSR-PyTorch/RCAN and BasicSR layouts give their reference outputs; key errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import same_output, save, tiny_edsr, tiny_rcan
 from official_oracle import BasicEDSR, BasicRCAN, OfficialEDSR, OfficialRCAN
 
 from meta_kd_sr.models import EDSR, RCAN, detect_format, load_pretrained, load_state_dict_any
-
-
-class PickledArgs:
-    """Stands for the argparse/config objects some training scripts save next to the weights."""
-
-    scale = 4
-
-
-def tiny_edsr(scale=4, n_blocks=3, n_feats=8, seed=0):
-    torch.manual_seed(seed)
-    return EDSR(scale=scale, n_feats=n_feats, n_blocks=n_blocks)
-
-
-def tiny_rcan(scale=4, seed=0):
-    torch.manual_seed(seed)
-    return RCAN(scale=scale, n_feats=16, n_groups=3, n_blocks=2, reduction=4)
-
-
-def save(obj, tmp_path, name="ckpt.pth"):
-    path = tmp_path / name
-    torch.save(obj, path)
-    return path
-
-
-def same_output(a, b, lq=None, scale_a=1.0):
-    """a(lq * scale_a) / scale_a == b(lq) in float64 (official models work in [0, 255]).
-
-    1e-6: the official MeanShift stores 255 * mean rounded to float32, ours rounds the mean itself.
-    """
-    lq = (
-        torch.rand(2, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-        if lq is None
-        else lq
-    )
-    with torch.no_grad():
-        return torch.allclose(a.double()(lq * scale_a) / scale_a, b.double()(lq), rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ official and BasicSR layouts
@@ -120,83 +85,7 @@ def test_explicit_fmt_overrides_detection():
         load_pretrained(tiny_rcan(), ref.state_dict(), fmt="ours")
 
 
-# ------------------------------------------------------------------------ wrappers and prefixes
-def test_params_ema_is_preferred_and_key_chooses(tmp_path):
-    ema, raw = tiny_edsr(seed=1), tiny_edsr(seed=2)
-    path = save({"params": raw.state_dict(), "params_ema": ema.state_dict()}, tmp_path)
-    assert same_output(ema, load_pretrained(tiny_edsr(seed=3), path))
-    assert same_output(raw, load_pretrained(tiny_edsr(seed=3), path, key="params"))
-    with pytest.raises(
-        ValueError, match=r"no state dict under 'ema'; top-level keys: \['params', 'params_ema'\]"
-    ):
-        load_pretrained(tiny_edsr(), path, key="ema")
-
-
-def test_dataparallel_prefix_is_stripped(tmp_path):
-    src = tiny_rcan(seed=1)
-    path = save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path)
-    assert same_output(src, load_pretrained(tiny_rcan(seed=2), path))
-
-
-def test_lightning_checkpoint_keeps_only_the_student(tmp_path):
-    src = tiny_edsr(seed=1)
-    state = {f"student.{k}": v for k, v in src.state_dict().items()}
-    state.update(
-        {"krnets.f1.gen.0.weight": torch.zeros(4, 9, 3, 3), "adapters.f1.weight": torch.zeros(8, 8, 1, 1)}
-    )
-    ckpt = {
-        "epoch": 2,
-        "global_step": 40,
-        "pytorch-lightning_version": "2.6.6",
-        "state_dict": state,
-        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}],
-        "hyper_parameters": {"lr": 1e-4},
-    }
-    path = save(ckpt, tmp_path, "last.ckpt")
-    assert same_output(src, load_pretrained(tiny_edsr(seed=2), path))
-
-
-def test_our_export_format(tmp_path):
-    src = tiny_rcan(seed=1)
-    path = save(
-        {"state_dict": src.state_dict(), "config": {"arch": "rcan", "scale": 4, "n_feats": 16}}, tmp_path
-    )
-    sd = load_state_dict_any(path)
-    assert (
-        all(torch.equal(sd[k], v) for k, v in src.state_dict().items())
-        and sd.keys() == src.state_dict().keys()
-    )
-    assert same_output(src, load_pretrained(tiny_rcan(seed=2), path))
-
-
-def test_strict_false_loads_the_common_keys():
-    src = tiny_edsr(n_blocks=2, seed=1)
-    model = load_pretrained(tiny_edsr(n_blocks=3, seed=2), src.state_dict(), strict=False)
-    assert torch.equal(model.body[1].conv2.weight, src.body[1].conv2.weight)
-
-
 # ------------------------------------------------------------------------ errors a user sees
-def test_missing_file_names_the_path(tmp_path):
-    path = tmp_path / "nowhere" / "edsr_x4.pt"
-    with pytest.raises(FileNotFoundError, match=f"checkpoint not found: '{path}'"):
-        load_pretrained(tiny_edsr(), path)
-
-
-def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
-    path = save({"state_dict": tiny_edsr().state_dict(), "args": PickledArgs()}, tmp_path)
-    with pytest.raises(ValueError, match=f"checkpoint '{path}' needs pickle .* refused for safety"):
-        load_state_dict_any(path)
-
-
-def test_corrupted_file_is_reported(tmp_path):
-    path = tmp_path / "broken.pt"
-    path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(
-        ValueError, match=f"cannot read checkpoint '{path}': not a PyTorch file, or corrupted"
-    ):
-        load_pretrained(tiny_edsr(), path)
-
-
 def test_keys_that_do_not_fit_are_listed():
     with pytest.raises(
         ValueError, match=r"missing keys: \[body.3.conv1.bias, body.3.conv1.weight.*\]; unexpected keys: \[\]"
