@@ -11,9 +11,11 @@ bookkeeping - interleaved (A B C A B C ...) so that machine drift hits every var
   same size with a KRNet ``Distiller`` (3 KRNets at the ``conf/distill/mkd.yaml`` defaults, 1x1 adapters,
   feature scale 1/255); KRNet Adam step; real student step with the updated KRNets; Adam step.
 
-With ``--all`` also ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet
+``--variants`` also takes ``MKD reference`` (the textbook ``create_graph=True`` engine, slow). With ``--all``
+also ``KRNet KD``: the same KRNet distiller with ``meta_learn=False`` (the frozen-KRNet
 ablation), i.e. the MKD iteration without its meta step. With ``--stages`` also the time per stage of an MKD
-iteration, from the ``torch.profiler.record_function`` labels of ``SRModule.iteration`` and ``meta_gradient``.
+iteration, from the ``torch.profiler.record_function`` labels of ``SRModule.iteration``, ``run_iteration`` and
+``meta_gradient``.
 
 Peak memory is measured per variant in a fresh subprocess: the increase of the peak resident set size
 (``ru_maxrss``) over the resident size once the models, optimizers and batches are built, with the allocator
@@ -45,12 +47,15 @@ import torch.nn.functional as F
 
 from meta_kd_sr.data.embedded import EMBEDDED_PHOTOS, load_photo
 from meta_kd_sr.distill import Distiller, KRNetLoss
+from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.models.edsr import EDSR
 from meta_kd_sr.module import SRModule
-from meta_kd_sr.module_meta import MetaSettings
 
 VARIANTS = ("output KD", "MKD higher", "MKD func")
 EXTRA_VARIANTS = ("KRNet KD",)
+OPT_IN_VARIANTS = ("MKD reference",)  # only through --variants
+ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS + OPT_IN_VARIANTS
+ENGINE = {"MKD higher": "higher", "MKD func": "func", "MKD reference": "reference"}
 SCALE = 4
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
 
@@ -104,7 +109,7 @@ def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
         scale=SCALE,
         distiller=distiller,
         teacher=teacher,
-        meta=MetaSettings(engine="func" if name == "MKD func" else "higher", alpha=0.1),
+        meta=MetaSettings(engine=ENGINE.get(name, "higher"), alpha=0.1),
     )
     opts = [entry["optimizer"] for entry in module.configure_optimizers()]
     opt_krnet = opts[1] if module.meta_enabled else None
@@ -220,7 +225,8 @@ def report(names: list[str], times: dict[str, list[float]], memory: dict[str, in
 STAGES = (
     ("iteration/teacher", "teacher forward (features only)"),
     ("iteration/meta_step", "meta step + KRNet step"),
-    ("meta/pseudo_gradient", "  pseudo-step gradient: student fwd, KRNets, plain bwd"),
+    ("meta/student_forward", "  student forward, KRNet inputs (Distiller.prepare)"),
+    ("meta/pseudo_gradient", "  pseudo-step gradient: KRNets, plain bwd"),
     ("meta/meta_forward", "  theta' and meta-batch forward"),
     ("meta/meta_backward", "  meta backward"),
     ("meta/jvp", "    of which the forward-mode pass"),
@@ -276,7 +282,7 @@ def main() -> None:
         "--stages", action="store_true", help="also profile where an MKD iteration spends its time"
     )
     parser.add_argument("--stage-iters", type=int, default=5)
-    parser.add_argument("--child", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,9 +292,9 @@ def main() -> None:
     names = list(VARIANTS + EXTRA_VARIANTS if args.all else VARIANTS)
     if args.variants:
         names = [v.strip() for v in args.variants.split(",")]
-        unknown = [v for v in names if v not in VARIANTS + EXTRA_VARIANTS]
+        unknown = [v for v in names if v not in ALL_VARIANTS]
         if unknown:
-            raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS + EXTRA_VARIANTS}")
+            raise ValueError(f"unknown variants {unknown}; choose from {ALL_VARIANTS}")
     print(header(args), flush=True)
     start = time.perf_counter()
     memory = {} if args.no_memory else {name: peak_memory(name, args) for name in names}

@@ -1,9 +1,9 @@
 """The LightningModule: one module for supervised training, KD baselines and meta KD.
 
 It wires built objects (student, optional frozen teacher, distiller, optimizers) and holds no maths: the
-losses live in :mod:`meta_kd_sr.distill`, the meta step in :mod:`meta_kd_sr.meta` and the evaluation
-protocol in :mod:`meta_kd_sr.metrics`. Optimisation is manual, so the meta step, the KRNet step and the
-student step can run in the order of the method.
+losses live in :mod:`meta_kd_sr.distill`, the training iteration (plain, or meta step, KRNet step and
+student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in :mod:`meta_kd_sr.metrics`.
+Optimisation is manual, so the stages of a meta iteration run in the order of the method.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from torch.profiler import record_function
 from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.meta.iteration import run_iteration, train_part
+from meta_kd_sr.meta.settings import MetaSettings
 from meta_kd_sr.metrics import PSNRY, SSIMY
 from meta_kd_sr.models import accepts_features_only
-from meta_kd_sr.module_meta import MetaSettings, frozen, meta_update, real_step_after_meta
 from meta_kd_sr.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -80,6 +81,7 @@ class SRModule(pl.LightningModule):
         self.val_self_ensemble = val_self_ensemble
         self.val_tile = val_tile
         self.val_psnr, self.val_ssim = PSNRY(self.crop_border), SSIMY(self.crop_border)
+        self.meta_skipped = 0  # KRNet updates skipped for a non-finite meta-gradient (saved in checkpoints)
         self.save_hyperparameters(
             {
                 "scale": self.scale,
@@ -100,7 +102,7 @@ class SRModule(pl.LightningModule):
         """Keep the frozen teacher and the KRNets out of DDP; runs before the strategy wraps this module.
 
         The teacher is never trained; the KRNets get their gradients from ``torch.autograd.grad``, which DDP
-        never reduces (``meta_update`` averages them), and are frozen in the student step. What remains in
+        never reduces (the meta iteration averages them), and are frozen in the student step. What remains in
         DDP (student and adapters) gets a gradient in every student step: ``find_unused_parameters`` stays
         off.
         """
@@ -158,22 +160,17 @@ class SRModule(pl.LightningModule):
         due = self.meta_enabled and self.meta.is_due(self.global_step)
         terms, logs = self.iteration(batch, opt_s, opt_k if due else None)
         self._step_schedulers()
-        batch_size = int(self._train_part(batch)["lq"].shape[0])
+        batch_size = int(train_part(batch)["lq"].shape[0])
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         if logs:
             self.log_dict(logs, batch_size=batch_size)
         self.log("train/lr", opt_s.param_groups[0]["lr"], batch_size=batch_size)
         return terms["loss"].detach()
 
-    @staticmethod
-    def _train_part(batch: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The train batch: ``batch["train"]`` when the loader also serves a meta batch, else ``batch``."""
-        return batch["train"] if "train" in batch else batch
-
     def iteration(
         self, batch: Mapping[str, Any], opt_student: Any, opt_krnet: Any | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One training iteration (SPEC §5): teacher forward, [meta step, KRNet step], student step.
+        """One training iteration (SPEC §5): the teacher forward, then ``meta.iteration.run_iteration``.
 
         Works outside a Trainer too (benchmarks, notebooks): the backward is ``manual_backward`` when a
         trainer is attached, ``loss.backward()`` otherwise.
@@ -184,44 +181,26 @@ class SRModule(pl.LightningModule):
             opt_krnet: the KRNet optimizer; given, this iteration runs the meta step and the KRNet step.
 
         Returns:
-            The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log.
+            The student step's loss terms (``loss``, ``loss_rec``, ...) and the values to log; with meta
+            learning on, ``train/meta_skipped`` counts the KRNet updates skipped so far.
         """
-        train = self._train_part(batch)
-        lq, gt = train["lq"], train["gt"]
         with record_function("iteration/teacher"):
-            sr_t, feats_t = self.teacher_forward(lq)
-        if opt_krnet is not None:
-            return self._meta_iteration(batch, opt_student, opt_krnet, sr_t, feats_t)
-        sr, feats = self.student(lq, return_feats=True)
-        with frozen(self.distiller.meta_parameters()):
-            terms = self.distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)
-        opt_student.zero_grad(set_to_none=True)
-        if self._trainer is not None:
-            self.manual_backward(terms["loss"])
-        else:
-            terms["loss"].backward()
-        opt_student.step()
-        return terms, {}
-
-    def _meta_iteration(
-        self,
-        batch: Mapping[str, Any],
-        opt_student: Any,
-        opt_krnet: Any,
-        sr_t: torch.Tensor | None,
-        feats_t: dict[str, torch.Tensor] | None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Meta step, KRNet step, then the real student step with the updated KRNets."""
-        if not self.meta_enabled:
-            raise ValueError("opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)")
-        if "meta" not in batch:
-            raise ValueError("a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}")
-        lq, gt = batch["train"]["lq"], batch["train"]["gt"]
-        with self.distiller.reuse_inputs():  # the KRNets' inputs do not depend on phi
-            with record_function("iteration/meta_step"):
-                result, logs = meta_update(self, opt_krnet, opt_student, lq, gt, batch["meta"], sr_t, feats_t)
-            with record_function("iteration/student_step"):
-                terms = real_step_after_meta(self, result.inner, opt_student, gt, sr_t, feats_t)
+            teacher_out = self.teacher_forward(train_part(batch)["lq"])
+        trainer = self._trainer
+        terms, logs = run_iteration(
+            self.student,
+            self.distiller,
+            teacher_out,
+            batch,
+            opt_student,
+            opt_krnet,
+            self.meta,
+            backward=self.manual_backward if trainer is not None else torch.Tensor.backward,
+            iteration=self.global_step if trainer is not None else None,
+        )
+        self.meta_skipped += int(logs.get("train/meta_skip", 0))
+        if self.meta_enabled:
+            logs["train/meta_skipped"] = torch.tensor(float(self.meta_skipped))
         return terms, logs
 
     def _step_schedulers(self) -> None:
@@ -269,13 +248,15 @@ class SRModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the teacher out of checkpoints: it is rebuilt from its own checkpoint path."""
+        """Keep the teacher out of checkpoints (it is rebuilt from its path); save the KRNet skip count."""
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
         }
+        checkpoint["meta_skipped"] = self.meta_skipped
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the current teacher's tensors back so strict loading of a student checkpoint works."""
+        """Restore the skip count; put the current teacher's tensors back so strict loading works."""
+        self.meta_skipped = int(checkpoint.get("meta_skipped", 0))
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

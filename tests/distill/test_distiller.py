@@ -12,6 +12,8 @@ from meta_kd_sr.distill import (
     FAKDLoss,
     FitNetLoss,
     FSPLoss,
+    KDLoss,
+    KRNetLoss,
     fakd_loss,
     fitnet_loss,
     fsp_loss,
@@ -35,33 +37,21 @@ def _images(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return sr_s, torch.rand(2, 3, 10, 12, generator=g), torch.rand(2, 3, 10, 12, generator=g)
 
 
-class LearnableLoss(nn.Module):
-    """A learnable per-position loss taking the teacher width only (like a KRNet)."""
+class LearnableLoss(KDLoss):
+    """A learnable per-position loss reading the teacher width only (like a KRNet)."""
 
     needs_adapter = True
-    pairwise = False
     uses_raw_student = True
+    needs_channels = True
 
-    def __init__(self, channels: int, gain: float = 1.0) -> None:
-        super().__init__()
-        self.channels = channels
+    def __init__(self, channels: int, student_channels: int | None = None, gain: float = 1.0) -> None:
+        super().__init__(channels, student_channels)
         self.scale = nn.Parameter(torch.full((1, channels, 1, 1), gain))
         self.raw_shapes: list[tuple[int, ...]] = []
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, f_s_raw: torch.Tensor) -> torch.Tensor:
         self.raw_shapes.append(tuple(f_s_raw.shape))
         return (self.scale * (f_s - f_t)).abs().mean()
-
-
-class KwargsLoss(nn.Module):
-    needs_adapter = False
-
-    def __init__(self, **kwargs: int) -> None:
-        super().__init__()
-        self.received = kwargs
-
-    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        return (f_s.mean() - f_t.mean()).abs()
 
 
 def test_scratch_and_output_kd_totals() -> None:
@@ -166,20 +156,51 @@ def test_constructor_validation() -> None:
         Distiller(loss=FSPLoss, position_weights=(1.0, 1.0, 1.0))
 
 
-def test_factory_gets_only_accepted_channel_kwargs() -> None:
+def test_every_loss_gets_both_widths_by_keyword() -> None:
     d = Distiller(
         loss=functools.partial(LearnableLoss, gain=2.0), student_channels=S_CH, teacher_channels=T_CH
     )
     assert [d.kd_losses[p].channels for p in POS] == [8, 4, 12]
+    assert [d.kd_losses[p].student_channels for p in POS] == [4, 4, 6]
     assert d.meta_parameters() == [d.kd_losses[p].scale for p in POS]
     assert isinstance(d.adapters["f1"], nn.Conv2d) and isinstance(d.adapters["f2"], nn.Identity)
-    kw = Distiller(loss=KwargsLoss, student_channels=S_CH, teacher_channels=T_CH)
-    assert kw.kd_losses["f3"].received == {"channels": 12, "student_channels": 6}
-    assert Distiller(loss=KwargsLoss).kd_losses["f1"].received == {}
-    assert (
-        Distiller(loss=functools.partial(FAKDLoss, eps=1e-6), teacher_channels=T_CH).kd_losses["f1"].eps
-        == 1e-6
+    fakd = Distiller(loss=FAKDLoss).kd_losses["f1"]
+    assert (fakd.channels, fakd.student_channels) == (None, None)  # widths not given: None, never left out
+    partial = Distiller(loss=functools.partial(FAKDLoss, eps=1e-6), teacher_channels=T_CH).kd_losses["f3"]
+    assert (partial.eps, partial.channels, partial.student_channels) == (1e-6, 12, None)
+
+
+class PlainModuleLoss(nn.Module):
+    needs_adapter = True
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        return (f_s - f_t).abs().mean()
+
+
+@pytest.mark.parametrize(
+    ("loss", "name"),
+    [(PlainModuleLoss, "PlainModuleLoss"), (functools.partial(fakd_loss, eps=1e-6), "fakd_loss")],
+)
+def test_a_kd_loss_must_subclass_kdloss(loss, name) -> None:
+    with pytest.raises(ValueError, match=f"must be a subclass of meta_kd_sr.distill.KDLoss .*got {name}: "):
+        Distiller(loss=loss)
+
+
+def test_prepared_inputs_give_the_same_terms() -> None:
+    torch.manual_seed(0)
+    d = Distiller(
+        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5), student_channels=S_CH, teacher_channels=T_CH
+    ).double()
+    sr_s, _, gt = (t.double() for t in _images(19))
+    fs, ft = (
+        {k: v.double() for k, v in f.items()} for f in (_feats(S_CH, 20, True), _feats(T_CH, 21, False))
     )
+    prepared = d.prepare(fs, ft)
+    assert set(prepared) == set(POS) and not any(t.requires_grad for t in prepared.values())
+    assert [t.shape[1] for t in prepared.values()] == [S_CH[p] + 1 for p in POS]  # F_S and cosine R
+    fresh, reused = d(sr_s, fs, gt, feats_t=ft), d(sr_s, fs, gt, feats_t=ft, prepared=prepared)
+    assert all(torch.equal(fresh[k], reused[k]) for k in fresh)
+    assert Distiller(loss=FAKDLoss).prepare(fs, ft) == {} and Distiller().prepare(fs, ft) == {}
 
 
 def test_learnable_loss_gets_raw_student_and_meta_gradient() -> None:

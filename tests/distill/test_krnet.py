@@ -265,7 +265,7 @@ def test_correlation_map_values() -> None:
     assert torch.equal(correlation_map(f_s, f_t, "absdiff"), (f_t - f_s).abs())
 
 
-def test_reuse_inputs_builds_the_generator_input_once_and_changes_nothing() -> None:
+def test_prepared_generator_input_is_built_once_and_changes_nothing() -> None:
     net = krnet()
     f_s, f_t, raw = feats()
     calls = []
@@ -280,19 +280,21 @@ def test_reuse_inputs_builds_the_generator_input_once_and_changes_nothing() -> N
     before = net(f_s, f_t, raw)
     module.correlation_map = counting
     try:
-        with net.reuse_inputs():
-            first = net(f_s, f_t, raw)
-            with torch.no_grad():  # phi changes between the meta step and the real step
-                net.head.bias.add_(0.3)
-            second = net(f_s, f_t, raw)
-            with pytest.raises(ValueError, match="second batch of another shape"):
-                net(*(t[:1] for t in (f_s, f_t, raw)))
-        assert len(calls) == 1  # the first call inside the block
-        with torch.no_grad():
-            net.head.bias.sub_(0.3)
-        assert torch.equal(first, before) and net._reuse is None
-        with torch.no_grad():
+        prepared = net.prepare(f_s, f_t, raw)
+        first = net(f_s, f_t, raw, prepared=prepared)
+        with torch.no_grad():  # phi changes between the meta step and the real step
             net.head.bias.add_(0.3)
-        assert torch.equal(second, net(f_s, f_t, raw)) and not torch.equal(first, second)
+        second = net(f_s, f_t, raw, prepared=prepared)
+        with pytest.raises(ValueError, match=r"prepare\(\) was called on another batch"):
+            net(*(t[:1] for t in (f_s, f_t, raw)), prepared=prepared)
+        assert len(calls) == 1  # in prepare() only
     finally:
         module.correlation_map = original
+    assert prepared.grad_fn is None and not prepared.requires_grad
+    assert torch.equal(second, net(f_s, f_t, raw)) and not torch.equal(first, second)
+    with torch.no_grad():
+        net.head.bias.sub_(0.3)
+    assert torch.equal(first, before)
+    # nothing phi-free to prepare: static kernels, or inputs that keep their graph
+    assert krnet(dynamic=False).prepare(f_s, f_t, raw) is None
+    assert krnet(detach_input=False).prepare(f_s, f_t, raw) is None

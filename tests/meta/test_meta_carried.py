@@ -17,7 +17,7 @@ from meta_kd_sr.models import accepts_features_only
 from meta_kd_sr.models.edsr import EDSR
 from meta_kd_sr.models.rcan import RCAN
 
-ENGINES = ("higher", "func")
+ENGINES = ("higher", "func", "reference")
 
 
 def jvp_by_double_backward(outputs_fn, params, tangents):

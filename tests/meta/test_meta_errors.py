@@ -27,7 +27,9 @@ def warm(opt, s, steps=1):
 
 
 def test_unknown_engine(setup64) -> None:
-    with pytest.raises(ValueError, match=r"engine must be one of \('higher', 'func'\), got 'jax'"):
+    with pytest.raises(
+        ValueError, match=r"engine must be one of \('higher', 'func', 'reference'\), got 'jax'"
+    ):
         meta_gradient(*setup64.args(), engine="jax")
 
 
@@ -100,7 +102,7 @@ def test_grad_reduce_must_keep_the_length(setup64) -> None:
         meta_gradient(*setup64.args(), engine="func", grad_reduce=lambda grads: grads[:1])
 
 
-@pytest.mark.parametrize("engine", ["higher", "func"])
+@pytest.mark.parametrize("engine", ["higher", "func", "reference"])
 def test_lightning_optimizer_is_unwrapped(setup64, engine) -> None:
     opt = warm(torch.optim.Adam(setup64.student.parameters(), lr=1e-2), setup64, steps=2)
     pseudo = PseudoStep("adam_state")

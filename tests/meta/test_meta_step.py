@@ -1,4 +1,4 @@
-"""The meta step: higher engine == torch.func engine == hand-derived second-order formula (float64)."""
+"""The meta step: engines higher == torch.func == reference (create_graph) == hand formula, float64."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from meta_setup import build_setup, hand_sgd_meta_grad, inner_grads, meta_loss_g
 
 from meta_kd_sr.meta import PseudoStep, meta_gradient
 
-ENGINES = ("higher", "func")
+ENGINES = ("higher", "func", "reference")
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ def test_engines_agree_with_a_frozen_student_layer(setup64) -> None:
     # f1 = head(lq) no longer depends on a trainable weight, so the f1 KRNet cannot move theta'.
     n_f1 = len(list(setup64.krnets["f1"].parameters()))
     with pytest.warns(UserWarning, match=re.escape(f"positions {list(range(n_f1))} get no")):
-        a, b = [meta_gradient(*setup64.args(), engine=e).grads for e in ENGINES]
-    assert rel_err(a, b) < 1e-10
+        a, b, c = [meta_gradient(*setup64.args(), engine=e).grads for e in ENGINES]
+    assert rel_err(a, b) < 1e-10 and rel_err(a, c) < 1e-10
     assert all(g.abs().sum() == 0 for g in a[:n_f1]) and flat_norm(a[n_f1:]) > 0
 
 
@@ -103,7 +103,13 @@ def test_hand_adam_is_the_real_optimizers_next_step(setup64) -> None:
 
 @pytest.mark.parametrize(
     ("cls", "engine", "wd"),
-    [(torch.optim.Adam, "higher", 1e-3), (torch.optim.Adam, "func", 1e-3), (torch.optim.AdamW, "func", 1e-2)],
+    [
+        (torch.optim.Adam, "higher", 1e-3),
+        (torch.optim.Adam, "func", 1e-3),
+        (torch.optim.Adam, "reference", 1e-3),
+        (torch.optim.AdamW, "func", 1e-2),
+        (torch.optim.AdamW, "reference", 1e-2),
+    ],
 )
 def test_adam_state_meta_gradient_equals_hand_adam_step(setup64, cls, engine, wd) -> None:
     opt = warm_adam(setup64, cls, weight_decay=wd)
@@ -124,8 +130,8 @@ def test_adam_state_meta_gradient_equals_hand_adam_step(setup64, cls, engine, wd
 def test_adam_state_engines_agree(setup64) -> None:
     opt = warm_adam(setup64, weight_decay=1e-3)
     pseudo = PseudoStep("adam_state")
-    a, b = (meta_gradient(*setup64.args(), optimizer=opt, pseudo=pseudo, engine=e).grads for e in ENGINES)
-    assert rel_err(a, b) < 1e-10 and flat_norm(a) > 0
+    a, b, c = (meta_gradient(*setup64.args(), optimizer=opt, pseudo=pseudo, engine=e).grads for e in ENGINES)
+    assert rel_err(a, b) < 1e-10 and rel_err(a, c) < 1e-10 and flat_norm(a) > 0
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -172,6 +178,20 @@ def test_inner_gradient_serves_the_real_step_after_the_krnet_step(setup64, engin
     assert rel_err(reused, fresh) < 1e-12 and rel_err(fresh, at_theta) > 1e-6
 
 
+@pytest.mark.parametrize("kind", ["sgd", "sgd_lr", "adam_state"])
+def test_carried_engines_equal_the_reference_engine(setup64, kind) -> None:
+    # the reference engine is the definition: autograd.grad(create_graph=True), theta', reverse mode
+    opt = warm_adam(setup64, weight_decay=1e-3)
+    pseudo = PseudoStep(kind, alpha=0.2, lr_factor=2.0)
+    reference = meta_gradient(*setup64.args(), optimizer=opt, pseudo=pseudo, engine="reference")
+    assert flat_norm(reference.grads) > 0 and reference.trunk == []
+    for engine in ("higher", "func"):
+        result = meta_gradient(*setup64.args(), optimizer=opt, pseudo=pseudo, engine=engine)
+        assert rel_err(result.grads, reference.grads) < 1e-10
+        assert abs(result.meta_loss - reference.meta_loss) <= 1e-12 * reference.meta_loss
+        assert len(result.trunk) == 3  # the carried features f1, f2, f3, recorded by the meta backward
+
+
 def test_first_order_gives_no_meta_gradient(setup64) -> None:
     # Pins the fact that forces the second-order path: L_meta reaches phi only through theta'.
     s = setup64
@@ -184,7 +204,7 @@ def test_first_order_gives_no_meta_gradient(setup64) -> None:
     assert all(g is None for g in grads)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ["higher", "func"])
 def test_float32_default_path_on_real_photos(photo_batch, engine) -> None:
     s = build_setup(torch.float32, channels=8, size=16, batch=4, seed=1, n_kernels=4, hidden=8)
     s.gt, s.meta_gt = photo_batch[:2, :, :32, :32], photo_batch[2:, :, 40:72, 40:72]

@@ -10,10 +10,9 @@ import torch
 from meta_setup import rel_err
 
 from meta_kd_sr.distill import Distiller, KRNetLoss
-from meta_kd_sr.meta import PseudoStep, meta_gradient
+from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
 from meta_kd_sr.models import EDSR
 from meta_kd_sr.module import SRModule
-from meta_kd_sr.module_meta import MetaSettings
 
 
 def build(engine="higher", output_weight=0.0, dtype=torch.float64):
@@ -73,7 +72,7 @@ def state(module):
     return [p.detach() for p in module.parameters()]
 
 
-@pytest.mark.parametrize("engine", ["higher", "func"])
+@pytest.mark.parametrize("engine", ["higher", "func", "reference"])
 @pytest.mark.parametrize("output_weight", [0.0, 0.5])
 def test_meta_iteration_equals_the_steps_written_out(engine, output_weight) -> None:
     module, batch = build(engine, output_weight)

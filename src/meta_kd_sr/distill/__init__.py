@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meta_kd_sr.distill.distiller import Distiller
+from meta_kd_sr.distill.kdloss import KDLoss
 from meta_kd_sr.distill.losses import (
     ATLoss,
     FAKDLoss,
@@ -25,6 +26,7 @@ __all__ = [
     "FAKDLoss",
     "FSPLoss",
     "FitNetLoss",
+    "KDLoss",
     "OutputLoss",
     "at_loss",
     "attention_map",

@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meta_kd_sr.distill.kdloss import KDLoss, loss_class
 from meta_kd_sr.distill.losses import output_loss
-
-
-def _accepted_kwargs(factory: Callable[..., nn.Module], offered: Mapping[str, int | None]) -> dict[str, int]:
-    """Keep the offered keyword arguments that ``factory`` accepts (by name or through ``**kwargs``)."""
-    target = factory
-    while isinstance(target, functools.partial):
-        target = target.func
-    if isinstance(target, type) and target.__init__ is nn.Module.__init__:
-        return {}  # no own __init__: Module's (*args, **kwargs) would swallow and then reject them
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins without a signature: offer nothing
-        return {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    kwargs = {}
-    for name, value in offered.items():
-        if name in named or takes_any:
-            if value is None:
-                if name in params and params[name].default is inspect.Parameter.empty:
-                    raise ValueError(
-                        f"the KD loss needs `{name}` but the Distiller was given no "
-                        f"{'teacher_channels' if name == 'channels' else 'student_channels'}"
-                    )
-                continue
-            kwargs[name] = value
-    return kwargs
 
 
 class Distiller(nn.Module):
@@ -51,10 +22,11 @@ class Distiller(nn.Module):
     FSP, FAKD ``Distiller(loss=FAKDLoss, kd_weight=10.0, ...)``; KRNet ``Distiller(loss=KRNetLoss, ...)``.
 
     Args:
-        loss: factory of the KD loss module (a class or ``functools.partial``, e.g. from a Hydra
-            ``_partial_: true`` config), called once per position (once in all for pairwise losses) with
-            ``channels=teacher_channels[pos]`` and ``student_channels=student_channels[pos]``, each passed
-            only if its signature accepts it. ``None``: no feature KD.
+        loss: a :class:`~meta_kd_sr.distill.kdloss.KDLoss` subclass or a ``functools.partial`` of one (e.g.
+            from a Hydra ``_partial_: true`` config), called once per position (once in all for pairwise
+            losses) as ``loss(channels=teacher_channels[pos], student_channels=student_channels[pos])``
+            (``None`` for a width not given). Its class flags say what the Distiller does for it.
+            ``None``: no feature KD.
         positions: feature keys to distil.
         kd_weight: weight of ``loss_kd`` in the total.
         position_weights: one weight per position (default all 1); not allowed for pairwise losses.
@@ -118,33 +90,32 @@ class Distiller(nn.Module):
 
     def _build_losses(
         self,
-        factory: Callable[..., nn.Module],
+        factory: Callable[..., KDLoss],
         student_channels: Mapping[str, int] | None,
         teacher_channels: Mapping[str, int] | None,
     ) -> None:
-        for pos in self.positions:
-            offered = {
-                "channels": None if teacher_channels is None else int(teacher_channels[pos]),
-                "student_channels": None if student_channels is None else int(student_channels[pos]),
-            }
-            module = factory(**_accepted_kwargs(factory, offered))
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"the KD loss factory must return an nn.Module, got {type(module).__name__}")
-            if getattr(module, "pairwise", False):
-                self.pairwise = True
-                self.kd_losses["pairwise"] = module
-                break
-            self.kd_losses[pos] = module
-        self.needs_adapter = bool(getattr(next(iter(self.kd_losses.values())), "needs_adapter", False))
+        cls = loss_class(factory)
+        if cls.needs_channels and teacher_channels is None:
+            raise ValueError(
+                f"the KD loss {cls.__name__} needs `channels` but the Distiller was given no teacher_channels"
+            )
+        self.pairwise, self.needs_adapter = cls.pairwise, cls.needs_adapter
+        widths = {
+            pos: (
+                None if teacher_channels is None else int(teacher_channels[pos]),
+                None if student_channels is None else int(student_channels[pos]),
+            )
+            for pos in self.positions
+        }
+        # losses first, then adapters: the order the parameters are initialised in (seeded runs)
+        for pos in self.positions[:1] if self.pairwise else self.positions:
+            c_t, c_s = widths[pos]
+            self.kd_losses["pairwise" if self.pairwise else pos] = factory(channels=c_t, student_channels=c_s)
         if not self.meta_learn:
             self.kd_losses.requires_grad_(False)
-        for pos in self.positions:
-            c_s = None if student_channels is None else int(student_channels[pos])
-            c_t = None if teacher_channels is None else int(teacher_channels[pos])
-            if self.needs_adapter and c_s is not None and c_t is not None and c_s != c_t:
-                self.adapters[pos] = nn.Conv2d(c_s, c_t, kernel_size=1)
-            else:
-                self.adapters[pos] = nn.Identity()
+        for pos, (c_t, c_s) in widths.items():
+            adapt = self.needs_adapter and c_s is not None and c_t is not None and c_s != c_t
+            self.adapters[pos] = nn.Conv2d(c_s, c_t, kernel_size=1) if adapt else nn.Identity()
 
     def _check_position_weights(self, position_weights: Sequence[float] | None) -> tuple[float, ...]:
         if position_weights is None:
@@ -173,19 +144,6 @@ class Distiller(nn.Module):
         """Parameters of the KD loss modules (KRNets); empty for hand-crafted losses or when frozen."""
         return list(self.kd_losses.parameters()) if self.meta_learn else []
 
-    @contextmanager
-    def reuse_inputs(self) -> Iterator[None]:
-        """Within the block, KD losses that support it (KRNets) build their phi-independent inputs once.
-
-        For the two evaluations of one meta iteration (the meta step's inner loss, then the real student
-        step with the updated KRNets): same student and teacher features, only phi changes.
-        """
-        with ExitStack() as stack:
-            for module in self.kd_losses.values():
-                if hasattr(module, "reuse_inputs"):
-                    stack.enter_context(module.reuse_inputs())
-            yield
-
     def student_side_parameters(self) -> list[nn.Parameter]:
         """Adapter parameters, trained with the student and dropped at inference."""
         return list(self.adapters.parameters())
@@ -206,14 +164,53 @@ class Distiller(nn.Module):
                 )
         return adapter(f_s)
 
-    def kd_terms(
+    def _kd_inputs(
         self, feats_s: Mapping[str, torch.Tensor], feats_t: Mapping[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per position: the scaled student feature, the same through its adapter, the detached teacher's."""
+        c = self.feature_scale
+        list_s = [f * c if c != 1.0 else f for f in self._gather(feats_s, "student")]
+        list_t = [(f * c if c != 1.0 else f).detach() for f in self._gather(feats_t, "teacher")]
+        adapted = [self._adapt(p, f_s, f_t) for p, f_s, f_t in zip(self.positions, list_s, list_t)]
+        return list_s, adapted, list_t
+
+    @torch.no_grad()
+    def prepare(
+        self, feats_s: Mapping[str, torch.Tensor], feats_t: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The KD losses' inputs that their parameters (phi) do not change, by position (``KDLoss.prepare``).
+
+        Built once per meta iteration and passed as ``forward(..., prepared=...)`` to both evaluations on the
+        same features (the meta step's inner loss and the real student step after the KRNet step).
+
+        Args:
+            feats_s: student features by name (their values only are read).
+            feats_t: teacher features by name.
+
+        Returns:
+            ``{position: tensor}`` for the losses that have such an input (KRNets with detached inputs).
+        """
+        if not self.has_kd_loss or self.pairwise:
+            return {}
+        out = {}
+        for pos, raw, f_s, f_t in zip(self.positions, *self._kd_inputs(feats_s, feats_t)):
+            prepared = self.kd_losses[pos].prepare(f_s, f_t, raw)
+            if prepared is not None:
+                out[pos] = prepared
+        return out
+
+    def kd_terms(
+        self,
+        feats_s: Mapping[str, torch.Tensor],
+        feats_t: Mapping[str, torch.Tensor],
+        prepared: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Feature-KD terms: ``loss_kd_<pos>`` per position (per-position losses) and their weighted sum.
 
         Args:
             feats_s: student features by name, each (B, C_s, h, w).
             feats_t: teacher features by name, each (B, C_t, h, w); treated as fixed targets (detached).
+            prepared: ``prepare(feats_s, feats_t)`` of these same features, or None.
 
         Returns:
             ``{"loss_kd_<pos>": ..., "loss_kd": sum_l position_weights[l] * loss_kd_<l>}`` (without
@@ -222,16 +219,16 @@ class Distiller(nn.Module):
         """
         if not self.has_kd_loss:
             raise ValueError("kd_terms needs a KD loss; this Distiller was built with loss=None")
-        c = self.feature_scale
-        list_s = [f * c if c != 1.0 else f for f in self._gather(feats_s, "student")]
-        list_t = [(f * c if c != 1.0 else f).detach() for f in self._gather(feats_t, "teacher")]
-        adapted = [self._adapt(p, f_s, f_t) for p, f_s, f_t in zip(self.positions, list_s, list_t)]
+        list_s, adapted, list_t = self._kd_inputs(feats_s, feats_t)
         if self.pairwise:
             return {"loss_kd": self.kd_losses["pairwise"](adapted, list_t)}
+        prepared = prepared or {}
         terms = {}
         for pos, raw, f_s, f_t in zip(self.positions, list_s, adapted, list_t):
             module = self.kd_losses[pos]
-            extra = {"f_s_raw": raw} if getattr(module, "uses_raw_student", False) else {}
+            extra = {"f_s_raw": raw} if module.uses_raw_student else {}
+            if pos in prepared:
+                extra["prepared"] = prepared[pos]
             terms[f"loss_kd_{pos}"] = module(f_s, f_t, **extra)
         terms["loss_kd"] = sum(
             w * terms[f"loss_kd_{p}"] for p, w in zip(self.positions, self.position_weights)
@@ -245,6 +242,7 @@ class Distiller(nn.Module):
         gt: torch.Tensor,
         sr_t: torch.Tensor | None = None,
         feats_t: Mapping[str, torch.Tensor] | None = None,
+        prepared: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the named loss terms and their total.
 
@@ -254,6 +252,7 @@ class Distiller(nn.Module):
             gt: (B, 3, H, W) ground truth.
             sr_t: (B, 3, H, W) teacher output, needed when ``output_weight > 0``.
             feats_t: teacher features by name, needed when a KD loss is set.
+            prepared: ``prepare(feats_s, feats_t)`` of these same features (meta iterations), or None.
 
         Returns:
             ``loss_rec``, ``loss_out`` (if ``output_weight > 0``), ``loss_kd`` and ``loss_kd_<pos>`` (if a KD
@@ -275,7 +274,7 @@ class Distiller(nn.Module):
             if feats_s is None or feats_t is None:
                 who = "student" if feats_s is None else "teacher"
                 raise ValueError(f"the KD loss needs {who} features, got None")
-            out.update(self.kd_terms(feats_s, feats_t))
+            out.update(self.kd_terms(feats_s, feats_t, prepared))
             total = total + self.kd_weight * out["loss_kd"]
         out["loss"] = total
         return out

@@ -13,13 +13,11 @@ every channel of an image.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meta_kd_sr.distill.kdloss import KDLoss
 from meta_kd_sr.distill.texture import filter_per_image, filter_per_pixel, texture_loss
 
 __all__ = [
@@ -78,7 +76,7 @@ def normalize_kernels(raw: Tensor, eps: float = 1e-12) -> Tensor:
     return F.normalize(flat, dim=-1, eps=eps).view_as(raw)
 
 
-class KRNetLoss(nn.Module):
+class KRNetLoss(KDLoss):
     """KRNet and its texture-wise distillation loss for one distilled position.
 
     The generator reads the student's own (pre-adapter) feature, so its width - and cost - follows the
@@ -104,7 +102,7 @@ class KRNetLoss(nn.Module):
 
     needs_adapter = True
     uses_raw_student = True
-    pairwise = False
+    needs_channels = True
 
     def __init__(
         self,
@@ -121,8 +119,8 @@ class KRNetLoss(nn.Module):
         feature_norm: str | None = None,
         detach_input: bool = True,
     ) -> None:
-        super().__init__()
         student_channels = channels if student_channels is None else student_channels
+        super().__init__(channels, student_channels)
         for name, value in (("channels", channels), ("student_channels", student_channels)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -138,12 +136,10 @@ class KRNetLoss(nn.Module):
             raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
         if spatial and not dynamic:
             raise ValueError("spatial=True needs dynamic=True: static kernels cannot follow the image size")
-        self.channels, self.student_channels = channels, student_channels
         self.n_kernels, self.kernel_size = n_kernels, kernel_size
         self.correlation, self.use_correlation = correlation, use_correlation
         self.dynamic, self.spatial, self.detach_input = dynamic, spatial, detach_input
         self.kernel_weighting, self.feature_norm = kernel_weighting, feature_norm
-        self._reuse: dict[str, Tensor] | None = None
         out = n_kernels * kernel_size * kernel_size
         if dynamic:
             r_channels = (1 if correlation == "cosine" else channels) if use_correlation else 0
@@ -185,11 +181,11 @@ class KRNetLoss(nn.Module):
         rms = f_t.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-8)
         return f_s / rms, f_t / rms
 
-    def _generate(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor) -> Tensor:
+    def _generate(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor, prepared: Tensor | None = None) -> Tensor:
         b, n, k = f_s.shape[0], self.n_kernels, self.kernel_size
         if not self.dynamic:
             return normalize_kernels(self.static_kernels).expand(b, n, k, k)
-        x = self._generator_input(f_s, f_t, f_s_raw)
+        x = self._generator_input(f_s, f_t, f_s_raw) if prepared is None else self._checked(prepared, f_s_raw)
         x = self.body(x)
         if self.spatial:
             h, w = x.shape[-2:]
@@ -199,36 +195,43 @@ class KRNetLoss(nn.Module):
         return normalize_kernels(raw)
 
     def _generator_input(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor) -> Tensor:
-        """concat(F_S, R), channels-last; detached inputs are built without a graph and can be reused."""
-        reusable = self.detach_input and self._reuse is not None
-        if reusable and "input" in self._reuse:
-            x = self._reuse["input"]
-            if x.shape[0] == f_s_raw.shape[0] and x.shape[2:] == f_s_raw.shape[2:]:
-                return x
-            raise ValueError("reuse_inputs: a KRNet saw a second batch of another shape in one iteration")
+        """concat(F_S, R), channels-last, from normalised features; without a graph if ``detach_input``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_input):
             inputs = [f_s_raw]
             if self.use_correlation:
                 inputs.append(correlation_map(f_s, f_t, self.correlation))
             # channels-last: the generator's convs run 1.3-2x faster on CPU (oneDNN), same values
-            x = torch.cat(inputs, dim=1).contiguous(memory_format=torch.channels_last)
-        if reusable:
-            self._reuse["input"] = x
-        return x
+            return torch.cat(inputs, dim=1).contiguous(memory_format=torch.channels_last)
 
-    @contextmanager
-    def reuse_inputs(self) -> Iterator[None]:
-        """Within the block, compute the generator's input once and reuse it.
+    @staticmethod
+    def _checked(prepared: Tensor, f_s_raw: Tensor) -> Tensor:
+        if prepared.shape[0] != f_s_raw.shape[0] or prepared.shape[2:] != f_s_raw.shape[2:]:
+            raise ValueError(
+                f"prepared generator input {tuple(prepared.shape)} does not fit the student feature "
+                f"{tuple(f_s_raw.shape)}: prepare() was called on another batch"
+            )
+        return prepared
 
-        For calls on the same student and teacher features with only phi changing (the meta step's
-        inner loss and the real student step of one iteration): the input (student feature and R,
-        detached) does not depend on phi. The caller guarantees the features are the same.
+    def prepare(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor | None = None) -> Tensor | None:
+        """The generator's input concat(F_S, R), which phi does not change; ``None`` unless ``detach_input``.
+
+        Pass it back as ``forward(..., prepared=...)`` for evaluations on the same features while only phi
+        changes (the meta step's inner loss and the real student step of one iteration): it is built once.
+
+        Args:
+            f_s: (B, C, H, W) student feature at teacher width.
+            f_t: (B, C, H, W) teacher feature.
+            f_s_raw: (B, C_s, H, W) student feature before the adapter (None: ``f_s``).
+
+        Returns:
+            (B, C_s + C_R, H, W) channels-last, no graph; ``None`` for static kernels or attached inputs.
         """
-        self._reuse = {}
-        try:
-            yield
-        finally:
-            self._reuse = None
+        if not (self.dynamic and self.detach_input):
+            return None
+        f_s_raw = self._check(f_s, f_t, f_s_raw)
+        f_s, f_t = self._normalized(f_s, f_t)
+        with torch.no_grad():
+            return self._generator_input(f_s, f_t, f_s_raw)
 
     def kernels(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor | None = None) -> Tensor:
         """Texture kernels for a batch.
@@ -245,19 +248,22 @@ class KRNetLoss(nn.Module):
         f_s, f_t = self._normalized(f_s, f_t)
         return self._generate(f_s, f_t, f_s_raw)
 
-    def forward(self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor | None = None) -> Tensor:
+    def forward(
+        self, f_s: Tensor, f_t: Tensor, f_s_raw: Tensor | None = None, prepared: Tensor | None = None
+    ) -> Tensor:
         """Texture-wise distillation loss L = sum_i w_i mean |K_i * (F_T - F_S)|.
 
         Args:
             f_s: (B, C, H, W) student feature at teacher width (graph attached).
             f_t: (B, C, H, W) teacher feature.
             f_s_raw: (B, C_s, H, W) student feature before the adapter (None: ``f_s``).
+            prepared: ``prepare(f_s, f_t, f_s_raw)`` of these same features, or None (built here).
 
         Returns:
             Scalar loss.
         """
         f_s_raw = self._check(f_s, f_t, f_s_raw)
         f_s, f_t = self._normalized(f_s, f_t)
-        kernels = self._generate(f_s, f_t, f_s_raw)
+        kernels = self._generate(f_s, f_t, f_s_raw, prepared)
         weights = self.kernel_logits.softmax(dim=0) if self.kernel_weighting == "softmax" else None
         return texture_loss(f_t - f_s, kernels, weights)

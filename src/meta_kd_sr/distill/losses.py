@@ -1,13 +1,14 @@
 """Hand-crafted knowledge-distillation losses on SR features: FitNet, AT, FSP, FAKD and output KD.
 
-Every loss is a function plus a thin ``nn.Module`` holding its hyper-parameters. The modules carry the
-class attributes the :class:`~meta_kd_sr.distill.distiller.Distiller` reads:
+Every loss is a function plus a thin :class:`~meta_kd_sr.distill.kdloss.KDLoss` module holding its
+hyper-parameters and declaring the flags the :class:`~meta_kd_sr.distill.distiller.Distiller` reads:
 
 - ``needs_adapter``: the loss compares features channel by channel, so a student narrower than the teacher
   needs a 1x1 adapter first (FitNet, FSP); AT and FAKD compare channel-free maps and need none.
 - ``pairwise``: the loss is called once with the lists of features across positions (FSP) instead of once
   per position as ``loss(f_s, f_t)``.
-- ``uses_raw_student``: the loss also wants the student feature before the adapter (learnable KRNets only).
+
+None of them reads the widths the Distiller passes as ``channels=`` and ``student_channels=``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from meta_kd_sr.distill.kdloss import KDLoss
 
 
 def _check_4d(name: str, x: torch.Tensor) -> None:
@@ -197,15 +200,15 @@ def output_loss(sr_s: torch.Tensor, sr_t: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(sr_s, sr_t)
 
 
-class FitNetLoss(nn.Module):
+class FitNetLoss(KDLoss):
     """Module form of :func:`fitnet_loss`; needs an adapter when widths differ."""
 
     needs_adapter = True
-    pairwise = False
-    uses_raw_student = False
 
-    def __init__(self, p: int = 1) -> None:
-        super().__init__()
+    def __init__(
+        self, p: int = 1, *, channels: int | None = None, student_channels: int | None = None
+    ) -> None:
+        super().__init__(channels, student_channels)
         if p not in (1, 2):
             raise ValueError(f"FitNetLoss p must be 1 or 2, got {p}")
         self.p = p
@@ -215,15 +218,18 @@ class FitNetLoss(nn.Module):
         return fitnet_loss(f_s, f_t, self.p)
 
 
-class ATLoss(nn.Module):
+class ATLoss(KDLoss):
     """Module form of :func:`at_loss`; compares channel-free maps, no adapter."""
 
-    needs_adapter = False
-    pairwise = False
-    uses_raw_student = False
-
-    def __init__(self, p: int = 2, eps: float = 1e-12) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        p: int = 2,
+        eps: float = 1e-12,
+        *,
+        channels: int | None = None,
+        student_channels: int | None = None,
+    ) -> None:
+        super().__init__(channels, student_channels)
         if p <= 0:
             raise ValueError(f"ATLoss p must be positive, got {p}")
         self.p = p
@@ -234,27 +240,24 @@ class ATLoss(nn.Module):
         return at_loss(f_s, f_t, self.p, self.eps)
 
 
-class FSPLoss(nn.Module):
+class FSPLoss(KDLoss):
     """Module form of :func:`fsp_loss`; pairwise across positions, needs adapters when widths differ."""
 
     needs_adapter = True
     pairwise = True
-    uses_raw_student = False
 
     def forward(self, feats_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -> torch.Tensor:
         """See :func:`fsp_loss`."""
         return fsp_loss(feats_s, feats_t)
 
 
-class FAKDLoss(nn.Module):
+class FAKDLoss(KDLoss):
     """Module form of :func:`fakd_loss`; compares channel-free affinities, no adapter."""
 
-    needs_adapter = False
-    pairwise = False
-    uses_raw_student = False
-
-    def __init__(self, eps: float = 1e-7) -> None:
-        super().__init__()
+    def __init__(
+        self, eps: float = 1e-7, *, channels: int | None = None, student_channels: int | None = None
+    ) -> None:
+        super().__init__(channels, student_channels)
         self.eps = eps
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

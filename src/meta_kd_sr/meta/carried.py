@@ -96,7 +96,6 @@ class InnerGradient:
     output_grads: list[Tensor | None]
     carried: list[str]
     reached: list[int] = field(default_factory=list)
-    _primal: list[Tensor] | None = field(default=None, repr=False)
 
     def leaves(self) -> tuple[list[Tensor], StudentOut]:
         """Fresh leaves of the outputs (``requires_grad``), as a list and as ``(sr, feats)``."""
@@ -115,24 +114,33 @@ class InnerGradient:
         return [named[k] for k in self.carried]
 
     def jvp(self, tangents: Sequence[Tensor]) -> list[Tensor]:
-        """J w: the carried outputs' derivatives along ``tangents`` (one per reached parameter).
+        """J w: the carried outputs' derivatives along ``tangents`` (one per reached parameter)."""
+        return self.jvp_and_trunk(tangents)[0]
 
-        One forward-mode pass (dual numbers, no graph of the tangents). Its primal half records the usual
-        autograd graph, which ``at`` reuses for the real step instead of running the student again.
+    def jvp_and_trunk(self, tangents: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """J w by one forward-mode pass (dual numbers, no graph of the tangents), and what it recorded.
+
+        Returns:
+            The tangents J w, and the primal carried outputs with the usual autograd graph to theta that the
+            pass recorded (the "trunk"): ``at`` can back-propagate through it instead of running the student
+            again.
         """
         names = [self.names[i] for i in self.reached]
         with record_function("meta/jvp"), torch.enable_grad(), fwAD.dual_level():
             duals = {n: fwAD.make_dual(self.params[i], t) for n, i, t in zip(names, self.reached, tangents)}
             unpacked = [fwAD.unpack_dual(o) for o in self._carried_outputs(duals)]
-        self._primal = [u.primal for u in unpacked]
-        return [u.tangent for u in unpacked]
+        return [u.tangent for u in unpacked], [u.primal for u in unpacked]
 
-    def at(self, output_grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+    def at(
+        self, output_grads: Sequence[Tensor | None], trunk: Sequence[Tensor] | None = None
+    ) -> list[Tensor | None]:
         """The gradient for new output gradients (phi changed, not theta): value + J^T (new - old).
 
         Args:
             output_grads: d loss / d output for every output in ``outputs`` order; those of outputs that are
                 not carried must be the current ones (they do not depend on phi).
+            trunk: the carried outputs at theta with their graph (``MetaResult.trunk``, recorded by the meta
+                backward); empty or None: they are computed again here.
 
         Returns:
             The gradient per parameter of ``params`` (None where the loss reaches nothing).
@@ -150,7 +158,7 @@ class InnerGradient:
         if not self.reached:
             return grads
         with torch.enable_grad():
-            outs, self._primal = self._primal or self._carried_outputs(), None
+            outs = list(trunk) if trunk else self._carried_outputs()
             reached = [self.params[i] for i in self.reached]
             extra = torch.autograd.grad(outs, reached, grad_outputs=deltas, allow_unused=True)
         for i, e in zip(self.reached, extra):
@@ -162,21 +170,30 @@ class InnerGradient:
 class _Carried(torch.autograd.Function):
     """Outputs g[reached] (the values) as a function of the carried output gradients G(phi).
 
-    Backward: the incoming w (one per reached parameter) maps to J w on the carried outputs.
+    Backward: the incoming w (one per reached parameter) maps to J w on the carried outputs. The trunk that
+    the forward-mode pass records is an output of the meta backward: it goes to the caller's ``trunk`` list
+    (an autograd backward can return gradients only).
     """
 
     @staticmethod
-    def forward(ctx, inner: InnerGradient, *carried_grads: Tensor) -> tuple[Tensor, ...]:  # noqa: ARG004
-        ctx.inner = inner
+    def forward(ctx, inner: InnerGradient, trunk: list, *carried_grads: Tensor) -> tuple[Tensor, ...]:  # noqa: ARG004
+        ctx.inner, ctx.trunk = inner, trunk
         return tuple(inner.value[i].clone() for i in inner.reached)
 
     @staticmethod
     def backward(ctx, *w: Tensor) -> tuple[None, ...]:
-        return (None, *ctx.inner.jvp(w))
+        tangents, ctx.trunk[:] = ctx.inner.jvp_and_trunk(w)
+        return (None, None, *tangents)
 
 
 def inner_gradient(
-    student: nn.Module, inner_loss: InnerLoss, lq: Tensor, params: list[tuple[str, Tensor]], meta_params
+    student: nn.Module,
+    inner_loss: InnerLoss,
+    lq: Tensor,
+    params: list[tuple[str, Tensor]],
+    meta_params,
+    outputs: StudentOut | None = None,
+    trunk: list[Tensor] | None = None,
 ) -> tuple[InnerGradient, list[Tensor | None]]:
     """Back-propagate the inner loss once and return g with its dependence on phi attached.
 
@@ -186,13 +203,16 @@ def inner_gradient(
         lq: the train batch input.
         params: the trainable student parameters with their names.
         meta_params: phi.
+        outputs: ``student(lq, return_feats=True)`` with its graph, when the caller has run it already.
+        trunk: an empty list that receives, when a backward reaches the carried gradient, the carried
+            outputs with their graph (see ``InnerGradient.jvp_and_trunk``); None: they are dropped.
 
     Returns:
         The ``InnerGradient`` and g as tensors per parameter: carried ones (graph to phi through a JVP
         node), constants (detached) where phi cannot change them, None where the loss does not reach.
     """
     names, tensors = [n for n, _ in params], [p for _, p in params]
-    outputs = _flatten(student(lq, return_feats=True))
+    outputs = _flatten(student(lq, return_feats=True) if outputs is None else outputs)
     keys = [k for k, _ in outputs]
     leaves = [t.detach().requires_grad_() for _, t in outputs]
     loss = inner_loss(*_unflatten(keys, leaves))
@@ -231,6 +251,7 @@ def inner_gradient(
     out = list(inner.value)
     if inner.reached:
         carried_grads = [g for k, g in zip(keys, grads) if k in carried]
-        for i, g in zip(inner.reached, _Carried.apply(inner, *carried_grads)):
+        outbox = [] if trunk is None else trunk
+        for i, g in zip(inner.reached, _Carried.apply(inner, outbox, *carried_grads)):
             out[i] = g
     return inner, out

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, inner_gradient
+from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, StudentOut, inner_gradient
 from meta_kd_sr.meta.engines import GradReduce, ParamStep, run_func, run_higher
+from meta_kd_sr.meta.reference import UnrolledGradient, run_reference
 
-ENGINES = ("higher", "func")
+ENGINES = ("higher", "func", "reference")
 PSEUDO_KINDS = ("sgd", "sgd_lr", "adam_state")
 
 
@@ -61,14 +62,16 @@ class MetaResult:
         meta_loss: detached scalar L_meta at theta'.
         grads: d L_meta / d meta_params, same order and shapes as ``meta_params``.
         inner: the inner gradient at theta and the current phi (local to this process), with the student's
-            detached outputs on the train batch: ``inner.at(output_grads)`` gives the real student step's
-            gradient after phi has changed, re-running only the part of the student up to the last
-            distilled feature.
+            detached outputs on the train batch: ``inner.at(output_grads, trunk)`` gives the real student
+            step's gradient after phi has changed, without running the student again.
+        trunk: the carried outputs with their graph to theta, recorded by the meta backward's forward-mode
+            pass (carried engines; empty for "reference"): what ``inner.at`` back-propagates through.
     """
 
     meta_loss: Tensor
     grads: list[Tensor]
-    inner: InnerGradient
+    inner: InnerGradient | UnrolledGradient
+    trunk: list[Tensor]
 
 
 def unwrap_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
@@ -148,12 +151,14 @@ def meta_gradient(
     engine: str = "higher",
     grad_reduce: GradReduce | None = None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    outputs: StudentOut | None = None,
 ) -> MetaResult:
     """Exact meta-gradient d L1(S_theta'(meta_lq), meta_gt) / d meta_params; the student is not changed.
 
-    The pseudo-step gradient g(phi) is carried through the student's outputs (``meta_kd_sr.meta.carried``):
-    one plain backward of the student, and its derivative in phi by a forward-mode pass at the meta
-    backward; the same numbers as differentiating ``autograd.grad(..., create_graph=True)``.
+    Engines "higher" and "func" carry the pseudo-step gradient g(phi) through the student's outputs
+    (``meta_kd_sr.meta.carried``): one plain backward of the student, and its derivative in phi by a
+    forward-mode pass at the meta backward. "reference" (``meta_kd_sr.meta.reference``) differentiates
+    ``autograd.grad(..., create_graph=True)``, the textbook definition they are tested against.
 
     Args:
         student: returns ``(sr, feats)`` from ``student(lq, return_feats=True)``.
@@ -167,11 +172,12 @@ def meta_gradient(
         optimizer: the student's real optimizer (raw or a ``LightningOptimizer``); read by "sgd_lr" and
             "adam_state", never stepped.
         pseudo: the pseudo-step rule.
-        engine: "higher" or "func" (same result to rounding).
+        engine: "higher", "func" or "reference" (same result to rounding).
         grad_reduce: applied to the list of pseudo-step gradients (trainable student parameters, in
             ``student.parameters()`` order) before theta' is formed, e.g. ``ddp_grad_mean()`` under DDP. The
             returned meta-gradients are NOT reduced across ranks: that is the caller's job.
         meta_loss_fn: ``(sr, gt) -> scalar``; default L1.
+        outputs: ``student(lq, return_feats=True)`` with its graph, when the caller has run it already.
 
     Returns:
         ``MetaResult``. Meta parameters that the meta loss does not reach get zeros and a warning; if none is
@@ -191,17 +197,25 @@ def meta_gradient(
             "step inside Lightning's toggle_optimizer (it freezes the student's parameters)"
         )
     steps = plan_pseudo_step(named, pseudo, unwrap_optimizer(optimizer), engine)
-    run = run_higher if engine == "higher" else run_func
+    meta_loss_fn = meta_loss_fn or F.l1_loss
+    trunk: list[Tensor] = []  # filled by the meta backward (carried engines)
     with torch.enable_grad():  # the pseudo step needs a graph even if the caller is under no_grad
         # record_function: named stages for torch.profiler (benchmarks/bench_step.py --stages)
-        with record_function("meta/pseudo_gradient"):
-            inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params)
-        with record_function("meta/meta_forward"):
-            meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn or F.l1_loss)
+        if engine == "reference":
+            with record_function("meta/meta_forward"):
+                meta_loss, inner = run_reference(
+                    student, steps, inner_loss, (lq, outputs), (meta_lq, meta_gt), grad_reduce, meta_loss_fn
+                )
+        else:
+            with record_function("meta/pseudo_gradient"):
+                inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params, outputs, trunk)
+            run = run_higher if engine == "higher" else run_func
+            with record_function("meta/meta_forward"):
+                meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn)
         # autograd.grad, not backward: it skips higher's fast-weight leaves (1.6x faster, NOTES).
         with record_function("meta/meta_backward"):
             meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
-    return MetaResult(meta_loss.detach(), _complete(meta_grads, meta_params), inner)
+    return MetaResult(meta_loss.detach(), _complete(meta_grads, meta_params), inner, trunk)
 
 
 def ddp_grad_mean(world_size: int | None = None) -> Callable[[list[Tensor]], list[Tensor]]:

@@ -1,0 +1,72 @@
+"""How and when the KRNets are meta-learned: the ``meta`` config group (``conf/meta/default.yaml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from meta_kd_sr.meta.step import ENGINES, PseudoStep
+
+
+@dataclass
+class MetaSettings:
+    """How and when the KRNets are meta-learned (SPEC §5).
+
+    Attributes:
+        enabled: run the meta step when the distiller has meta parameters (``False``: KRNets stay frozen).
+        engine: "higher" (default) or "func" (``torch.func.functional_call``); same meta-gradient.
+            "reference" is the textbook ``create_graph=True`` pseudo step the two are tested against
+            (slower; ``meta_kd_sr.meta.reference``).
+        pseudo: pseudo-step kind: "sgd" (fixed ``alpha``), "sgd_lr" (``lr_factor`` x the student's current
+            learning rate) or "adam_state" (Adam-shaped step from the real optimizer's state).
+        alpha: the fixed pseudo-step size of "sgd"; the meta-gradient is proportional to it.
+        lr_factor: multiplier of the learning rate for "sgd_lr" / "adam_state".
+        every_n_steps: run the meta step every n training iterations.
+        warmup_steps: iterations before the first meta step.
+        lr: KRNet Adam learning rate (the scheduler of the student is applied to it too).
+        betas: KRNet Adam betas.
+        sync: under DDP, "exact" averages the pseudo gradient across ranks differentiably before theta' is
+            formed, so N ranks with batch b compute the update of one process with batch N*b; "local" forms
+            theta' from each rank's own batch (one collective less per meta step; an approximation: the
+            KRNets still get the rank-averaged meta-gradient and stay identical, but the meta-gradient is
+            that of N pseudo steps on batches of b, not of one on N*b). Same result on one process.
+    """
+
+    enabled: bool = True
+    engine: str = "higher"
+    pseudo: str = "sgd"
+    alpha: float = 0.1
+    lr_factor: float = 1.0
+    every_n_steps: int = 1
+    warmup_steps: int = 0
+    lr: float = 1e-4
+    betas: Sequence[float] = (0.9, 0.999)
+    sync: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"meta.engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.every_n_steps < 1:
+            raise ValueError(f"meta.every_n_steps must be >= 1, got {self.every_n_steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"meta.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.sync not in ("exact", "local"):
+            raise ValueError(f"meta.sync must be 'exact' or 'local', got {self.sync!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        self.step_settings = PseudoStep(kind=self.pseudo, alpha=self.alpha, lr_factor=self.lr_factor)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (safe for ``torch.load(weights_only=True)``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def is_due(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based, counted in student steps) runs the meta step."""
+        done = iteration - self.warmup_steps
+        return done >= 0 and done % self.every_n_steps == 0
+
+    def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The KRNet optimizer: Adam with ``lr`` and ``betas``."""
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
