@@ -8,6 +8,7 @@ within float32 error of ``k + 0.5``; only such pixels may differ, and only by on
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from bicubic_pytorch import core as bicubic_core
 
-from meta_kd_sr.data.imresize import imresize
+from meta_kd_sr.data.imresize import imresize, imresize_uint8, min_resizable, resizable
 
 
 def _load_oracle(name: str):
@@ -131,8 +132,6 @@ def test_bad_inputs(x, scale, message):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_uint8_path_matches_matlab_uint8_exactly(photos_uint8, scale):
     """LR made from a uint8 HR like MATLAB (rounded between passes) is identical, pixel for pixel."""
-    from meta_kd_sr.data.imresize import imresize_uint8
-
     for name in ("astronaut", "coffee"):
         img = photos_uint8[name]
         h, w = (img.shape[0] // scale) * scale, (img.shape[1] // scale) * scale
@@ -144,7 +143,48 @@ def test_uint8_path_matches_matlab_uint8_exactly(photos_uint8, scale):
 
 
 def test_uint8_path_rejects_float():
-    from meta_kd_sr.data.imresize import imresize_uint8
-
     with pytest.raises(ValueError, match="expects a uint8 tensor"):
         imresize_uint8(torch.rand(3, 8, 8), 0.5)
+
+
+def _backend_resizes(length: int, scale: float) -> bool:
+    x = torch.zeros(1, 1, length, 3, dtype=torch.float64)
+    try:
+        bicubic_core.resize_1d(x, -2, size=math.ceil(length * scale), scale=scale)
+    except IndexError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("scale", [1 / 2, 1 / 3, 1 / 4, 2, 3, 4])
+def test_resizable_is_exactly_what_the_backend_accepts(scale):
+    for length in range(1, 41):
+        assert resizable(length, scale) == _backend_resizes(length, scale), length
+
+
+def test_smallest_sizes_match_matlab(photos_uint8):
+    """At the smallest sizes the x4 protocol resizes (HR 8 down, LR 3 up) the result is still MATLAB's."""
+    assert (min_resizable(1 / 4, 4), min_resizable(4.0)) == (8, 3)
+    for img, factor in (
+        (photos_uint8["rocket"][200:208, 300:308], 1 / 4),
+        (photos_uint8["coffee"][50:53, 9:12], 4),
+    ):
+        x = torch.from_numpy(img.copy()).permute(2, 0, 1).double() / 255
+        out = imresize(x, factor).permute(1, 2, 0).numpy() * 255
+        np.testing.assert_allclose(out, ref.matlab_imresize(img, factor), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("shape", "scale", "message"),
+    [
+        ((3, 2, 2), 4, "a 2x2 image is too small to resize by 4 with MATLAB bicubic: its height of 2 pixels"),
+        ((3, 40, 4), 0.25, "a 40x4 image is too small to resize by 0.25 with MATLAB bicubic: its width of 4"),
+    ],
+)
+def test_too_small_image_is_a_clear_error(shape, scale, message):
+    with pytest.raises(
+        ValueError, match=re.escape(message) + ".* sides of (3|10) pixels or more always work"
+    ):
+        imresize(torch.rand(shape), scale)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        imresize_uint8(torch.zeros(shape, dtype=torch.uint8), scale)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -7,9 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
-from meta_kd_sr.data.io import list_images, read_image, save_npy, save_png, to_float, to_uint8
+from meta_kd_sr.data.io import (
+    list_images,
+    read_image,
+    read_image_size,
+    remove_stale_temporaries,
+    save_npy,
+    save_png,
+    to_float,
+    to_uint8,
+)
 
 
 def _png16(path: Path, array: np.ndarray) -> Path:
@@ -165,3 +175,34 @@ def test_list_images_sorted_and_filtered(tmp_path, rgb):
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "c.bmp"]
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         list_images(tmp_path / "missing")
+
+
+def test_read_image_size_reads_the_header_only(tmp_path, rgb, monkeypatch):
+    png = write_png(tmp_path / "x.png", rgb)
+    jpg = tmp_path / "x.jpg"
+    Image.fromarray(rgb).save(jpg, quality=90)
+    for cls in (Image.Image, ImageFile.ImageFile):
+        monkeypatch.setattr(cls, "load", lambda self: pytest.fail("pixels decoded"))
+    assert read_image_size(png) == read_image_size(jpg) == (48, 64)
+    with pytest.raises(pytest.fail.Exception, match="pixels decoded"):
+        read_image(png)  # the guard works: decoding is caught
+
+
+def test_read_image_size_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"image file not found: .*nope.png"):
+        read_image_size(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"cannot decode image .*bad.png: corrupt or truncated"):
+        read_image_size(tmp_path / "bad.png")
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, rgb):
+    dead = tmp_path / ".0001x4.png.4194305.0123abcd.tmp"  # above Linux's largest pid: never running
+    alive = tmp_path / f".0002x4.png.{os.getpid()}.89abcdef.tmp"
+    other = tmp_path / ".notes.tmp"
+    for path in (dead, alive, other):
+        path.write_bytes(b"partial")
+    save_png(torch.from_numpy(rgb).permute(2, 0, 1), tmp_path / "0003x4.png")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "0003x4.png"])
+    assert remove_stale_temporaries(tmp_path / "missing") == []

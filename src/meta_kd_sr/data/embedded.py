@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from meta_kd_sr.data.paired import ImageRecord, PairedImageDataset
+from meta_kd_sr.data.sizes import ImageSize
 
 # RGB photos whose files are part of the scikit-image wheel (loaded without network).
 _LOADERS = {
@@ -53,7 +54,8 @@ def _canonical(name: str) -> str:
 class EmbeddedPhotos(PairedImageDataset):
     """scikit-image's natural photos as an SR dataset; LR made with MATLAB bicubic on uint8 images.
 
-    Images are decoded and their LR generated in memory once per process (nothing is written to disk).
+    Images are decoded and their LR generated in memory when the dataset is built (once per process; nothing
+    is written to disk), which also checks their sizes against the patch in train mode.
     Items and train/eval behaviour as in :class:`PairedImageDataset`; names are the canonical photo names
     (``"cat"`` becomes ``"chelsea"``, the same photo).
 
@@ -91,6 +93,11 @@ class EmbeddedPhotos(PairedImageDataset):
             cache="memory",
             cache_dir=None,
         )
+
+    def _image_size(self, img: int) -> ImageSize:
+        # No file header to read: decode now, into the per-process cache the items are read from.
+        _, gt = self._decode_pair(img)
+        return ImageSize(f"embedded photo {self.records[img].name}", (gt.shape[1], gt.shape[2]))
 
     def _read_hr(self, img: int) -> torch.Tensor:
         return load_photo(self.records[img].name)

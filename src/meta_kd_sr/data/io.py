@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _TO_RGB_MODES = ("RGB", "L", "1", "CMYK", "YCbCr")
+# Temporary files of atomic writes: ".<final name>.<pid>.<8 hex>.tmp" in the destination folder.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -49,6 +52,26 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image {path}: corrupt or truncated file ({err})") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Height and width of an image file, read from its header (the pixels are not decoded).
+
+    Args:
+        path: image file.
+
+    Returns:
+        ``(H, W)``, the size :func:`read_image` decodes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image {path}: corrupt or truncated file ({err})") from err
+    return height, width
 
 
 def _check_8bit(im: Image.Image, path: Path) -> None:
@@ -110,6 +133,40 @@ def _atomic(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic writes of killed processes left in ``folder``.
+
+    A temporary file names the process that writes it; files of processes still running on this machine
+    are kept (they are being written).
+
+    Args:
+        folder: destination folder of :func:`save_png` / :func:`save_npy` (may not exist).
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or a number this system cannot check: leave its file
+    return True
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from meta_kd_sr.data.io import read_image, save_npy, save_png, to_float
+from meta_kd_sr.data.io import read_image, read_image_size, save_npy, save_png, to_float
+from meta_kd_sr.data.sizes import ImageSize, check_image_sizes
 from meta_kd_sr.data.transforms import (
     augment_pair,
     bicubic_downscale,
@@ -96,6 +97,10 @@ class PairedImageDataset(Dataset):
     ``"none"`` decodes the files for every item. ``prepare()`` does all file writing (atomically);
     ``__getitem__`` never writes. Cached files are keyed by source paths, not contents: delete
     ``cache_dir`` after changing images in place.
+
+    Every image's size is checked when the dataset is built, from the file headers (nothing is decoded):
+    one ``ValueError`` lists the images smaller than the training patch or than MATLAB bicubic needs, and
+    the LR files whose size is not the HR size divided by the scale (:mod:`meta_kd_sr.data.sizes`).
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class PairedImageDataset(Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._mmaps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        lq_patch = patch_size // self.scale if self.train else None
+        check_image_sizes([self._image_size(i) for i in range(len(self.records))], self.scale, lq_patch)
 
     @property
     def image_names(self) -> tuple[str, ...]:
@@ -195,6 +202,13 @@ class PairedImageDataset(Dataset):
         return state
 
     # -- loading -------------------------------------------------------------------------------------
+
+    def _image_size(self, img: int) -> ImageSize:
+        """Stored sizes of image ``img`` from the file headers (subclasses without files override this)."""
+        record = self.records[img]
+        lr_file = record.existing_lr()
+        lr = read_image_size(lr_file) if lr_file is not None else None
+        return ImageSize(str(record.hr_path), read_image_size(record.hr_path), lr_file, lr)
 
     def _read_hr(self, img: int) -> torch.Tensor:
         """HR pixels of image ``img``: (3, H, W) uint8 (subclasses without files override this)."""
