@@ -9,22 +9,28 @@ import hydra
 from omegaconf import DictConfig
 
 from meta_kd_sr.cli import config_dir
-from meta_kd_sr.data.prepare import generate_lr_folder
+from meta_kd_sr.data.prepare import default_lr_dir, generate_lr_folder
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: DictConfig) -> dict[int, Path]:
-    """Write ``<out_dir>/X{s}/<stem>x{s}.png`` for every scale; existing files are kept."""
+    """Write the LR images of ``cfg.hr_dir`` for every scale of ``cfg.scales``; return the LR folders.
+
+    By default each scale goes where the datasets read it (``DIV2K_train_HR`` ->
+    ``DIV2K_train_LR_bicubic/X{s}``, ``<set>/HR`` -> ``<set>/LR_bicubic/X{s}``); with ``cfg.out_dir`` it goes
+    to ``<out_dir>/X{s}``. Files are named ``<stem>x{s}.png``. Running again after an interruption
+    finishes the job: finished files are kept, half-written ones are rewritten.
+    """
     hr_dir = Path(cfg.hr_dir)
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else hr_dir.parent / f"{hr_dir.name}_LR_bicubic"
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else None
     done = {}
-    for s in cfg.scales:
-        lr_dir = out_dir / f"X{int(s)}"
-        files = generate_lr_folder(hr_dir, lr_dir, int(s))
-        log.info("x%d: %d LR images in %s", int(s), len(files), lr_dir)
-        print(f"x{int(s)}: {len(files)} LR images in {lr_dir}")
-        done[int(s)] = lr_dir
+    for s in (int(s) for s in cfg.scales):
+        lr_dir = out_dir / f"X{s}" if out_dir is not None else default_lr_dir(hr_dir, s)
+        files = generate_lr_folder(hr_dir, lr_dir, s)
+        log.info("x%d: %d LR images in %s", s, len(files), lr_dir)
+        print(f"x{s}: {len(files)} LR images in {lr_dir}")
+        done[s] = lr_dir
     return done
 
 

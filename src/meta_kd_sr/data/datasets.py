@@ -13,8 +13,34 @@ from meta_kd_sr.data.transforms import check_scale
 
 # Official DIV2K layout: HR folder -> its bicubic LR folder (which holds X2/, X3/, X4/).
 DIV2K_FOLDERS = {"DIV2K_train_HR": "DIV2K_train_LR_bicubic", "DIV2K_valid_HR": "DIV2K_valid_LR_bicubic"}
-# LR folders looked for next to an `HR/` folder, relative to its parent ({s} is the scale).
+# HR folders of the benchmark layout (`<set>/HR/`, BasicSR's `<set>/GTmod12/`), compared in upper case.
+SET_HR_FOLDERS = ("HR", "GT", "GTMOD12")
+# LR folders looked for next to such an HR folder, relative to its parent ({s} is the scale); the first one
+# is where `meta-kd-sr-prepare` writes.
 SIBLING_LR_LAYOUTS = ("LR_bicubic/X{s}", "LR_bicubic/x{s}", "LRbicx{s}")
+
+
+def lr_dir_for(hr_dir: str | Path, scale: int) -> Path | None:
+    """The LR folder of an HR folder: where the readers look first and where ``meta-kd-sr-prepare`` writes.
+
+    - DIV2K layout: ``DIV2K_train_HR`` -> ``DIV2K_train_LR_bicubic/X{scale}`` (same for ``DIV2K_valid_*``);
+    - benchmark layout: ``<set>/HR`` (or ``GT``, ``GTmod12``) -> ``<set>/LR_bicubic/X{scale}``.
+
+    Args:
+        hr_dir: HR folder.
+        scale: 2, 3 or 4.
+
+    Returns:
+        The LR folder (which may not exist), or ``None`` for an HR folder of neither layout: its LR images
+        are generated, or given explicitly (``ImageFolderSR(lr_dir=...)``).
+    """
+    scale = check_scale(scale)
+    hr_dir = Path(hr_dir) if Path(hr_dir).name else Path(hr_dir).resolve()
+    if hr_dir.name in DIV2K_FOLDERS:
+        return hr_dir.parent / DIV2K_FOLDERS[hr_dir.name] / f"X{scale}"
+    if hr_dir.name.upper() in SET_HR_FOLDERS:
+        return hr_dir.parent / SIBLING_LR_LAYOUTS[0].format(s=scale)
+    return None
 
 
 class DIV2K(PairedImageDataset):
@@ -39,7 +65,8 @@ class DIV2K(PairedImageDataset):
         cache: ``"npy"``, ``"memory"`` or ``"none"``.
         cache_dir: decoded arrays and fall-back LR PNGs (default ``root/.cache_meta_kd_sr/X{scale}``).
         hr_subdir: HR folder under ``root``.
-        lr_subdir: LR folder under ``root`` (holding ``X{scale}/``).
+        lr_subdir: LR folder under ``root`` (holding ``X{scale}/``); default: the official LR folder of
+            ``hr_subdir`` (:func:`lr_dir_for`).
     """
 
     def __init__(
@@ -54,16 +81,15 @@ class DIV2K(PairedImageDataset):
         cache: str = "npy",
         cache_dir: str | Path | None = None,
         hr_subdir: str = "DIV2K_train_HR",
-        lr_subdir: str = "DIV2K_train_LR_bicubic",
+        lr_subdir: str | None = None,
     ) -> None:
         scale = check_scale(scale)
         root = Path(root)
         first, last = _check_index_range(index_range)
         cache_dir = Path(cache_dir) if cache_dir is not None else root / ".cache_meta_kd_sr" / f"X{scale}"
-        folders = [(root / hr_subdir, root / lr_subdir)]
-        if hr_subdir in DIV2K_FOLDERS:
-            folders += [(root / h, root / lr) for h, lr in DIV2K_FOLDERS.items() if h != hr_subdir]
-        records = _div2k_records(folders, range(first, last + 1), scale, cache_dir)
+        records = _div2k_records(
+            _div2k_folders(root, scale, hr_subdir, lr_subdir), range(first, last + 1), scale, cache_dir
+        )
         self.root = root
         super().__init__(
             records,
@@ -84,6 +110,16 @@ def _check_index_range(index_range: Sequence[int]) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
+def _div2k_folders(root: Path, scale: int, hr_subdir: str, lr_subdir: str | None) -> list[tuple[Path, Path]]:
+    """(HR folder, LR ``X{scale}`` folder) pairs to look in, ``hr_subdir`` first, then the other split."""
+    hr_dir = root / hr_subdir
+    lr_dir = root / lr_subdir / f"X{scale}" if lr_subdir is not None else lr_dir_for(hr_dir, scale)
+    if lr_dir is None:
+        raise ValueError(f"DIV2K hr_subdir {hr_subdir!r} has no official LR folder: give lr_subdir")
+    others = [root / h for h in DIV2K_FOLDERS if h != hr_subdir] if hr_subdir in DIV2K_FOLDERS else []
+    return [(hr_dir, lr_dir)] + [(h, lr_dir_for(h, scale)) for h in others]
+
+
 def _div2k_records(
     folders: list[tuple[Path, Path]], indices: range, scale: int, cache_dir: Path
 ) -> list[ImageRecord]:
@@ -100,8 +136,8 @@ def _div2k_records(
             missing.append(f"{name}.png")
             continue
         hr_dir, lr_dir = found
-        official = lr_dir / f"X{scale}" / f"{name}x{scale}.png"
-        fallback = cache_dir / lr_dir.name / f"{name}x{scale}.png"
+        official = lr_dir / f"{name}x{scale}.png"
+        fallback = cache_dir / lr_dir.parent.name / f"{name}x{scale}.png"
         target = official if _writable(official.parent) else fallback
         records.append(ImageRecord(name, hr_dir / f"{name}.png", (official, fallback), target))
     where = " or ".join(str(d) for d in hr_dirs)
@@ -128,8 +164,9 @@ class ImageFolderSR(PairedImageDataset):
     """Any folder of HR images (Set5, Set14, B100, Urban100, Manga109, ...), sorted by file name.
 
     HR images are cropped to a multiple of the scale (the standard protocol). LR images come from
-    ``lr_dir`` (``<stem>x<scale>.png`` or ``<stem>.png``) when given, else from a sibling folder of the usual
-    layouts when present (``<set>/LR_bicubic/X4/`` or ``<set>/LRbicx4/`` next to ``<set>/HR/``), else they
+    ``lr_dir`` (``<stem>x<scale>.png`` or ``<stem>.png``) when given, else from the LR folder of the HR
+    folder when present (:func:`find_sibling_lr_dir`: ``<set>/LR_bicubic/X4/`` or ``<set>/LRbicx4/`` next to
+    ``<set>/HR/``, ``DIV2K_valid_LR_bicubic/X4/`` next to ``DIV2K_valid_HR/``), else they
     are generated with MATLAB bicubic on uint8 (``bicubic_downscale``): in memory, or by ``prepare()`` as
     PNGs under ``cache_dir`` when one is given. Nothing is ever written into the HR folder.
     See :class:`PairedImageDataset` for items, train/eval modes and caching.
@@ -191,12 +228,18 @@ class ImageFolderSR(PairedImageDataset):
 
 
 def find_sibling_lr_dir(hr_dir: str | Path, scale: int) -> Path | None:
-    """The first existing LR folder of the usual layouts next to ``hr_dir`` (``SIBLING_LR_LAYOUTS``)."""
-    parent = Path(hr_dir).parent
-    return next(
-        (parent / p.format(s=scale) for p in SIBLING_LR_LAYOUTS if (parent / p.format(s=scale)).is_dir()),
-        None,
-    )
+    """The existing LR folder of ``hr_dir``: :func:`lr_dir_for`, else another benchmark layout; or ``None``.
+
+    Only HR folders of the DIV2K or benchmark layout (``<set>/HR``) have LR folders beside them: the parent
+    of any other folder may hold other sets, whose LR images must not be paired with this one.
+    """
+    first = lr_dir_for(hr_dir, scale)
+    if first is None:
+        return None
+    candidates = [first]
+    if first.parent.name == "LR_bicubic":
+        candidates += [first.parent.parent / p.format(s=scale) for p in SIBLING_LR_LAYOUTS[1:]]
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def _find_lr_file(hr_file: Path, lr_dir: Path, scale: int) -> Path:
