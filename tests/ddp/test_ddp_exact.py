@@ -31,6 +31,7 @@ RUNS = {
     "fakd": ["distill=fakd", *_NO_VAL],
     "mkd_higher_f64": ["meta.engine=higher", *_MKD, *_NO_VAL, *_F64],
     "mkd_func_f64": ["meta.engine=func", *_MKD, *_NO_VAL, *_F64],
+    "mkd_reference_f64": ["meta.engine=reference", *_MKD, *_NO_VAL, *_F64],
     "fakd_f64": ["distill=fakd", *_NO_VAL, *_F64],
 }
 DDP_ONLY = {
@@ -109,6 +110,12 @@ def test_two_ranks_equal_one_process_with_doubled_batch(dumps, name):
             float((ref["krnets"][k] - ref["initial"]["krnets"][k]).abs().max()) for k in ref["krnets"]
         )
         assert krnet_moved > 1e-3, "the meta step did not change the KRNets"
+
+
+def test_carried_engines_train_as_the_reference_engine_in_float64(dumps):
+    reference = dumps[1]["mkd_reference_f64"][0]
+    for name in ("mkd_higher_f64", "mkd_func_f64"):
+        assert max_rel_diff(dumps[1][name][0], reference) <= 1e-10, name
 
 
 def test_krnets_start_from_rank_zero_whatever_each_rank_built(dumps):
