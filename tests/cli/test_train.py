@@ -11,6 +11,7 @@ from cli_helpers import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
+from wandb_records import config_keys, history_keys, wait_for_finished_run
 
 from meta_kd_sr.cli.train import build_module, train
 from meta_kd_sr.data.transforms import bicubic_downscale
@@ -108,10 +109,14 @@ def test_distiller_needing_teacher_without_one_is_refused(tmp_path):
 
 def test_wandb_logger_writes_one_offline_run_per_training(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # no account, no network
+    results = {}
     for point in ("a", "b"):  # as two points of a local sweep in one process
-        train(compose_train(tmp_path / point, ["experiment=tiny_sr", "logger=wandb"]))
+        results[point] = train(compose_train(tmp_path / point, ["experiment=tiny_sr", "logger=wandb"]))
     for point in ("a", "b"):
         runs = list((tmp_path / point / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 1
-        records = runs[0].read_bytes()  # protobuf records: logged keys and config names appear verbatim
-        assert b"val/psnr_y" in records and b"student_config" in records
+        records = wait_for_finished_run(runs[0])  # wandb's service process writes the file after finish()
+        # one validation in fit, then the evaluation of the best (= that) checkpoint after fit
+        logged = [float(v) for v in history_keys(records)["val/psnr_y"]]
+        assert logged == pytest.approx([results[point]["val"]["psnr_y"]] * 2)
+        assert "student_config" in config_keys(records)

@@ -1,0 +1,76 @@
+"""Read the records of an offline wandb run file (``run-<id>.wandb``), waiting for wandb to write them.
+
+wandb 0.31 writes the file from its service process, asynchronously: ``wandb.finish()`` returns before
+the records are on disk (on a loaded machine only the file header was there). The run is complete once its
+``exit`` record is written. wandb 0.31 ships the record protobuf (``wandb.proto``) but no Python reader of
+the file, so this reads its framing: a 7-byte header, then LevelDB-log chunks (crc32, length, type) in
+32 KiB blocks; a record split across blocks comes as FIRST, MIDDLE..., LAST chunks.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
+CHUNK = struct.Struct("<IHB")  # crc32 of (type byte + data), data length, type
+BLOCK = 32768
+FULL, FIRST, LAST = 1, 2, 4
+
+
+def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
+    """The complete records of ``path`` so far; stops at a chunk still being written."""
+    data = path.read_bytes()
+    if not data.startswith(HEADER):
+        return
+    pos, parts = len(HEADER), b""
+    while True:
+        if BLOCK - pos % BLOCK < CHUNK.size:  # a block's tail too short for a chunk header is padding
+            pos += BLOCK - pos % BLOCK
+        if pos + CHUNK.size > len(data):
+            return
+        crc, size, kind = CHUNK.unpack_from(data, pos)
+        body = data[pos + CHUNK.size : pos + CHUNK.size + size]
+        if len(body) < size or zlib.crc32(body, zlib.crc32(bytes([kind]))) != crc:
+            return
+        pos += CHUNK.size + size
+        parts = body if kind in (FULL, FIRST) else parts + body
+        if kind in (FULL, LAST):
+            yield wandb_internal_pb2.Record.FromString(parts)
+
+
+def wait_for_finished_run(path: Path, limit_s: float = 600.0) -> list[wandb_internal_pb2.Record]:
+    """All records of the run in ``path`` once its ``exit`` record is written (polls up to ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        records = list(read_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records]
+            raise AssertionError(f"{path}: no exit record after {limit_s:.0f} s; records so far: {kinds}")
+        time.sleep(0.2)
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def history_keys(records: list[wandb_internal_pb2.Record]) -> dict[str, list[str]]:
+    """``{logged key: [JSON values, in order]}`` of the run's history records."""
+    history: dict[str, list[str]] = {}
+    for record in records:
+        for item in record.history.item:
+            history.setdefault(_key(item), []).append(item.value_json)
+    return history
+
+
+def config_keys(records: list[wandb_internal_pb2.Record]) -> set[str]:
+    """Top-level config keys the run recorded (at init and by later config updates)."""
+    updates = [u for r in records for u in (*r.run.config.update, *r.config.update)]
+    return {u.key or u.nested_key[0] for u in updates}
