@@ -17,6 +17,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 TEACHER = {"n_feats": 16, "n_blocks": 2}
+# A guard against a hung command only (a rank waiting for a dead peer); the runs take seconds.
+HANG_GUARD_S = 1800
 
 
 def tiny_overrides(assets: Path) -> list[str]:
@@ -53,7 +55,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_checked(
-    cmd: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+    cmd: list[str], cwd: Path, timeout: float | None = HANG_GUARD_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``cmd`` (extra ``env`` on top of ``subprocess_env()``); on failure show the tail of its output."""
     env = {**subprocess_env(), **(env or {})}
@@ -74,7 +76,7 @@ def run_plan(plan: dict, workdir: Path, nproc: int) -> subprocess.CompletedProce
         cmd = [sys.executable, script, str(path)]
     else:
         cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", script, str(path)]
-    return run_checked(cmd, cwd=workdir)
+    return run_checked(cmd, cwd=workdir, timeout=None)  # many trainings: no time limit
 
 
 def load_ranks(folder: Path) -> list[dict]:

@@ -96,7 +96,7 @@ def test_ddp_spawn_runs_a_local_multirun(ddp_assets, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [TRAIN, "-m", *tiny_overrides(ddp_assets), "trainer=ddp_spawn", "trainer.devices=2", *STEPS]
     cmd += ["distill=fakd,output", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"]
-    run_checked(cmd, cwd=tmp_path, timeout=600)
+    run_checked(cmd, cwd=tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for point in ("0", "1"):
         # the evaluation after fit is a second spawn, whose CSVLogger picks the next version and leaves the
