@@ -17,7 +17,7 @@ def test_first_nonfinite_finds_the_first_bad_tensor() -> None:
     assert first_nonfinite(ok) is None and first_nonfinite([]) is None
     assert first_nonfinite([*ok, torch.tensor([1.0, NAN]), torch.tensor([INF])]) == 3
     assert first_nonfinite([torch.tensor([-INF], dtype=torch.float64), torch.tensor([NAN])]) == 0
-    # 1e30 squared overflows float32: the check reads max |x|, never a sum of squares
+    # large but finite: a sum of squares that overflows float32 is not a non-finite value
     assert first_nonfinite([torch.full((1000,), 3e38)]) is None
 
 

@@ -9,7 +9,6 @@ Each check is one fused reduction and one host synchronisation, whatever the num
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -27,21 +26,23 @@ def _where(iteration: int | None) -> str:
 def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor holding a NaN or an infinity, or ``None`` when all are finite.
 
-    One ``torch._foreach_norm`` (max-abs: finite exactly when every element is) and one ``isfinite``: a single
-    synchronisation instead of one per tensor.
+    One ``torch._foreach_norm`` and one ``isfinite``: a single synchronisation instead of one per tensor. A
+    finite L2 norm means every element is finite; only when a norm is not (a bad element, or a sum of squares
+    that overflows) are the tensors looked at one by one.
 
     Args:
         tensors: any shapes, floating dtypes, same device.
     """
-    index = [i for i, t in enumerate(tensors) if t.numel()]  # an empty tensor is finite (and has no max)
+    index = [i for i, t in enumerate(tensors) if t.numel()]  # an empty tensor is finite
     if not index:
         return None
-    norms = torch._foreach_norm([tensors[i] for i in index], math.inf)
+    norms = torch._foreach_norm([tensors[i] for i in index])
     dtype = norms[0].dtype
     finite = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms]).isfinite()
     if bool(finite.all()):
         return None
-    return index[int((~finite).nonzero()[0])]
+    suspects = [index[int(j)] for j in (~finite).nonzero().flatten()]
+    return next((i for i in suspects if not bool(tensors[i].isfinite().all())), None)
 
 
 def check_terms(terms: Mapping[str, Tensor], iteration: int | None = None) -> None:
