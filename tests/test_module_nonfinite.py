@@ -90,6 +90,32 @@ def test_a_nan_loss_stops_the_run_at_its_iteration(meta) -> None:
     assert all(torch.equal(a, b) for a, b in zip(module.student.parameters(), weights.after[-1]))
 
 
+class SpoilGradient(pl.Callback):
+    """From iteration ``at`` on, a hook makes the gradient of the student's last conv NaN."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            pl_module.student.conv_last.weight.register_hook(lambda g: g * NAN)
+
+
+@pytest.mark.parametrize("meta", [False, True])
+def test_a_nan_gradient_stops_the_run_before_the_step(meta) -> None:
+    # meta=False: the gradient comes from Lightning's manual_backward (DDP's reducer when distributed)
+    module, weights = tiny_module(meta), Weights()
+    run = trainer(5)
+    run.callbacks += [weights, SpoilGradient(at=1)]
+    message = (
+        r"^the gradient of student\.conv_last\.weight is not finite \(nan\) at iteration 1; no optimizer"
+    )
+    with pytest.raises(NonFiniteError, match=message):
+        run.fit(module, loader(5, meta))
+    assert len(weights.after) == 1 and run.global_step == 1
+    assert all(torch.equal(a, b) for a, b in zip(module.student.parameters(), weights.after[-1]))
+
+
 def test_skipped_krnet_updates_are_counted_logged_and_resumed(tmp_path) -> None:
     module = tiny_module(meta=True)
     first = trainer(3)
