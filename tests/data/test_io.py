@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from meta_kd_sr.atomic import remove_stale_temporaries
 from meta_kd_sr.data.io import (
     list_images,
     read_image,
     read_image_size,
-    remove_stale_temporaries,
     save_npy,
     save_png,
     to_float,

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from meta_kd_sr.atomic import atomic_path
+
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _TO_RGB_MODES = ("RGB", "L", "1", "CMYK", "YCbCr")
-# Temporary files of atomic writes: ".<final name>.<pid>.<8 hex>.tmp" in the destination folder.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -112,61 +108,16 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     if not torch.is_tensor(image) or image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"save_png expects a (3, H, W) uint8 tensor, got {_describe(image)}")
     array = image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
-    with _atomic(Path(path)) as tmp:
+    with atomic_path(path, durable=False) as tmp:
         Image.fromarray(array, mode="RGB").save(tmp, format="PNG")
     return Path(path)
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a numpy array as ``.npy``, atomically (temporary file + ``os.replace``)."""
-    with _atomic(Path(path)) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
     return Path(path)
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that atomic writes of killed processes left in ``folder``.
-
-    A temporary file names the process that writes it; files of processes still running on this machine
-    are kept (they are being written).
-
-    Args:
-        folder: destination folder of :func:`save_png` / :func:`save_npy` (may not exist).
-
-    Returns:
-        The files removed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for path in folder.iterdir():
-        match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process, or a number this system cannot check: leave its file
-    return True
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from meta_kd_sr.atomic import remove_stale_temporaries
 from meta_kd_sr.data.datasets import lr_dir_for
 from meta_kd_sr.data.io import (
     list_images,
     read_image,
     read_image_size,
-    remove_stale_temporaries,
     save_png,
 )
 from meta_kd_sr.data.sizes import ImageSize, check_downscalable
