@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch.utils.data import DistributedSampler
 
 from meta_kd_sr.data.paired import SampleKey
-from meta_kd_sr.data.samplers import ShardedEvalSampler, TrainSampler
+from meta_kd_sr.data.samplers import ResumableLoader, ShardedEvalSampler, TrainSampler
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -65,3 +66,66 @@ def test_ranks_split_the_single_process_batches(world):
 def test_train_sampler_needs_one_item_per_rank():
     with pytest.raises(ValueError, match="cannot shard 1 training items over 2 ranks"):
         TrainSampler(1, 2, 0)
+
+
+class _Keys(torch.utils.data.Dataset):
+    """Returns the sample key itself: batches show exactly which items, epochs and streams were served."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, key: SampleKey) -> torch.Tensor:
+        return torch.tensor([key.index, key.epoch, key.stream])
+
+
+def _loader(items: int = 24, batch: int = 4, world: int = 1, rank: int = 0) -> ResumableLoader:
+    sampler = TrainSampler(items, world, rank, seed=5)
+    return ResumableLoader(_Keys(), batch_size=batch, sampler=sampler, drop_last=True)
+
+
+def _epoch(loader: ResumableLoader, epoch: int) -> list[list[int]]:
+    loader.sampler.set_epoch(epoch)
+    return [b.tolist() for b in loader]
+
+
+@pytest.mark.parametrize("done", [0, 1, 3, 5])
+def test_resumable_loader_continues_where_the_saved_one_stopped(done):
+    straight = _loader()
+    reference = _epoch(straight, 1) + _epoch(straight, 2)
+    first = _loader()
+    first.sampler.set_epoch(1)
+    served = [b.tolist() for _, b in zip(range(done), first)]  # a run stopped after `done` batches
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": done, "batch_size": 4, "items_per_rank": 24}
+    resumed = _loader()
+    resumed.load_state_dict(state)
+    rest = _epoch(resumed, 1) + _epoch(resumed, 2)  # the restored position applies to the next pass only
+    assert served + rest == reference
+
+
+def test_resumable_loader_after_a_closed_epoch_starts_the_next_one_whole():
+    first = _loader()
+    _epoch(first, 0)
+    resumed = _loader()
+    resumed.load_state_dict(first.state_dict())  # {"epoch": 0, "batches": 6}: the epoch was done
+    assert _epoch(resumed, 1) == _epoch(_loader(), 1)
+
+
+def test_resumable_loader_shards_resume_like_one_process():
+    """Two ranks resumed after 2 batches serve the items one process resumed after 2 batches of 8 serves."""
+    single = _loader(batch=8)
+    single.load_state_dict({**single.state_dict(), "epoch": 0, "batches": 2, "items_per_rank": 24})
+    ranks = []
+    for rank in range(2):
+        loader = _loader(batch=4, world=2, rank=rank)
+        loader.load_state_dict({"epoch": 0, "batches": 2, "batch_size": 4, "items_per_rank": 12})
+        ranks.append(_epoch(loader, 0))
+    merged = [sorted(a + b) for a, b in zip(*ranks)]
+    assert merged == [sorted(b) for b in _epoch(single, 0)]
+
+
+def test_resumable_loader_refuses_a_state_of_other_data():
+    with pytest.raises(
+        ValueError, match=r"served as \{'batch_size': 8, 'items_per_rank': 24\} but this run serves"
+    ):
+        _loader().load_state_dict({"epoch": 0, "batches": 2, "batch_size": 8, "items_per_rank": 24})

@@ -8,7 +8,9 @@ Randomness scheme: the training order of epoch ``e`` is a permutation drawn from
 seeded by ``(seed, stream, e, index)`` (:class:`~meta_kd_sr.data.paired.SampleKey`). Items thus do not depend
 on the rank, the worker or ``num_workers``; ranks see distinct items; the same seed reproduces every batch;
 ``W`` ranks with per-device batch ``b`` see the same global batches as one process with batch ``W * b``.
-Lightning's fit loop calls ``set_epoch`` on the training samplers at each epoch start.
+Lightning's fit loop calls ``set_epoch`` on the training samplers at each epoch start. The training
+loaders are :class:`~meta_kd_sr.data.samplers.ResumableLoader`: their place within the epoch is saved in
+checkpoints, so a run resumed mid-epoch continues with the batches it had not trained on yet.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from meta_kd_sr.data.samplers import ShardedEvalSampler, TrainSampler
+from meta_kd_sr.data.samplers import ResumableLoader, ShardedEvalSampler, TrainSampler
 
 DatasetSource = Dataset | Callable[[], Dataset] | None
 SPLITS = ("train", "meta", "val", "test")
@@ -96,6 +98,12 @@ class SRDataModule(LightningDataModule):
 
     # -- datasets ---------------------------------------------------------------------------------
 
+    def has_split(self, split: str) -> bool:
+        """Whether a dataset (or factory) was given for ``split``, without building it."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+        return self._sources[split] is not None
+
     def dataset(self, split: str) -> Dataset | None:
         """The dataset of ``split`` (train, meta, val, test), built from its factory on first use."""
         if split not in SPLITS:
@@ -161,7 +169,9 @@ class SRDataModule(LightningDataModule):
                 f"{split} has {len(dataset)} samples: fewer than one batch of {batch} per rank on "
                 f"{self.world_size} rank(s); raise samples_per_epoch"
             )
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **self._loader_kwargs())
+        return ResumableLoader(
+            dataset, batch_size=batch, sampler=sampler, drop_last=True, **self._loader_kwargs()
+        )
 
     def _eval_loader(self, split: str) -> DataLoader | list:
         dataset = self.dataset(split)

@@ -7,9 +7,10 @@ even when a Trainer is left at ``use_distributed_sampler=True``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from meta_kd_sr.data.paired import SampleKey, seeded_generator
 
@@ -44,12 +45,73 @@ class TrainSampler(DistributedSampler):
             range(dataset_len), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         self.stream = stream
+        self._skip = 0
+
+    def skip_next(self, n_items: int) -> None:
+        """Start the next pass ``n_items`` into this epoch's shard (resume mid-epoch); later ones at 0."""
+        if not 0 <= n_items <= self.num_samples:
+            raise ValueError(f"cannot skip {n_items} items of an epoch of {self.num_samples} per rank")
+        self._skip = n_items
 
     def __iter__(self) -> Iterator[SampleKey]:
+        skip, self._skip = self._skip, 0
         generator = seeded_generator(self.seed, self.stream, self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()[: self.total_size]
-        for index in order[self.rank :: self.num_replicas]:
+        for index in order[self.rank :: self.num_replicas][skip:]:
             yield SampleKey(index, self.epoch, self.seed, self.stream)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over a :class:`TrainSampler` whose place in the epoch survives a resume.
+
+    Lightning saves ``state_dict()`` in every checkpoint (it is a stateful loader to Lightning) and calls
+    ``load_state_dict`` before iterating again on resume: the next pass then skips the batches that the
+    checkpointed run had trained on, so a run killed mid-epoch and resumed sees the same batches, in the same
+    order, as one that never stopped. Lightning fetches no batch ahead from a loader with a length (no
+    prefetch), so the batches served by this pass are exactly the batches trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, TrainSampler) or self.batch_size is None or not self.drop_last:
+            raise ValueError("ResumableLoader needs a TrainSampler, a batch_size and drop_last=True")
+        self._served = 0  # batches handed out by the current pass
+        self._restored: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: its body runs at the first batch, after Lightning's set_epoch for this epoch.
+        skip = self._take_restored_position()
+        self.sampler.skip_next(skip * self.batch_size)
+        self._served = skip
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def _take_restored_position(self) -> int:
+        state, self._restored = self._restored, None
+        if state is None or state["epoch"] != self.sampler.epoch:
+            return 0  # a fresh run, or the checkpoint closed its epoch and this is the next one
+        return state["batches"] % len(self)  # a whole pass done: a shorter loader cycling starts again
+
+    def state_dict(self) -> dict[str, int]:
+        """The position of this loader: epoch, batches served in this pass, and the shapes that fix it."""
+        return {
+            "epoch": int(self.sampler.epoch),
+            "batches": self._served,
+            "batch_size": int(self.batch_size),
+            "items_per_rank": len(self.sampler),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state``; refuses a checkpoint whose batches or data differ from this loader's."""
+        mine = {"batch_size": int(self.batch_size), "items_per_rank": len(self.sampler)}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(
+                f"the checkpoint's training data was served as {theirs} but this run serves {mine}: resume "
+                "with the same data, batch size and number of devices"
+            )
+        self._restored = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 class ShardedEvalSampler(DistributedSampler):
