@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,22 @@ import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
-from meta_kd_sr.export import export_student
+from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
+from meta_kd_sr.recovery import (
+    AtomicCheckpointIO,
+    RunRefused,
+    check_meta_split,
+    check_resume,
+    check_writable,
+    prepare_run_dir,
+    weights_fingerprint,
+)
 from meta_kd_sr.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -48,8 +59,18 @@ def build_module(cfg: DictConfig) -> SRModule:
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
         student_config=OmegaConf.to_container(cfg.model, resolve=True),
-        teacher_config=OmegaConf.to_container(cfg.teacher, resolve=True) if teacher is not None else None,
+        teacher_config=_teacher_config(cfg, teacher),
     )
+
+
+def _teacher_config(cfg: DictConfig, teacher: Any) -> dict[str, Any] | None:
+    """The teacher's config as saved in checkpoints, with a fingerprint of the weights it loaded."""
+    if teacher is None:
+        return None
+    return {
+        **OmegaConf.to_container(cfg.teacher, resolve=True),
+        "weights_sha256": weights_fingerprint(teacher),
+    }
 
 
 def _instantiate_dict(group: DictConfig | None) -> list[Any]:
@@ -61,17 +82,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    resume = cfg.get("resume")
+    if rank_zero_only.rank == 0:  # ranks started by a launcher see the dir that rank 0 has already checked
+        prepare_run_dir(output_dir, resume, bool(cfg.get("overwrite", False)))
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
+    check_meta_split(module.meta_enabled, datamodule.has_split("meta"), _choice("distill"), _choice("data"))
+    if resume:
+        check_resume(resume, module)
     callbacks, loggers = _instantiate_dict(cfg.get("callbacks")), _instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if rank_zero_only.rank == 0:
+        for directory in {output_dir, *_checkpoint_dirs(callbacks)}:
+            check_writable(directory)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
         for lg in trainer.loggers:
             _ = lg.version  # resolve it now: the evaluation after fit must not start a new logger version
     # Under a spawn launcher each spawn (fit, then the evaluation) logs from fresh processes whose CSV writer
     # would rewrite a shared version's metrics.csv with its own rows only: left unresolved, the evaluation
     # picks the next version and the training log stays whole.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     result: dict[str, Any] = {
         "output_dir": str(output_dir),
         "iterations": trainer.global_step,
@@ -86,10 +118,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt:
             result["student"] = str(export_student(ckpt, output_dir / "student.pt"))
             result["benchmarks"] = _evaluate_benchmarks(cfg, result["student"])
-        (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        log.info("run result: %s", json.dumps(result))
+        text = json.dumps(_finite_or_none(result), indent=2, allow_nan=False)
+        (output_dir / "eval.json").write_text(text)
+        log.info("run result: %s", text)
     _finish_wandb()
     return result
+
+
+def _choice(group: str) -> str:
+    """The option chosen for config group ``group`` (e.g. ``mkd`` for distill), as the user names it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return group
+    return str(HydraConfig.get().runtime.choices.get(group, group))
+
+
+def _checkpoint_dirs(callbacks: list[Any]) -> list[Path]:
+    dirs = [getattr(cb, "dirpath", None) for cb in callbacks]
+    dirs += [cb.path.parent for cb in callbacks if isinstance(getattr(cb, "path", None), Path)]
+    return [Path(d) for d in dirs if d]
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by ``None``: eval.json stays valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _finish_wandb() -> None:
@@ -129,7 +188,11 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-train``)."""
     _refuse_ddp_multirun(cfg)
-    train(cfg)
+    try:
+        train(cfg)
+    except RunRefused as err:  # a configuration to change: one line, no traceback
+        print(f"meta-kd-sr-train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _refuse_ddp_multirun(cfg: DictConfig) -> None:

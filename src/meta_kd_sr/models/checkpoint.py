@@ -24,6 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.finite import first_nonfinite
+
 from .convert import FORMATS, check_mean_shift, convert_state_dict, detect_format
 from .edsr import EDSR
 from .rcan import RCAN
@@ -329,7 +332,12 @@ def student_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[st
 def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Write the student of a training checkpoint alone: weights and the config that rebuilds it."""
     net, config = student_from_checkpoint(ckpt_path)
+    state = net.state_dict()
+    names = [k for k, v in state.items() if v.is_floating_point()]
+    bad = first_nonfinite([state[k] for k in names])
+    if bad is not None:
+        raise FloatingPointError(f"refusing to export {os.fspath(ckpt_path)}: {names[bad]} holds NaN/inf")
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "config": config}, out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save({"state_dict": state, "config": config}, tmp)
     return out_path
