@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
+from meta_kd_sr.finite import NonFiniteError
 from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
 from meta_kd_sr.recovery import (
@@ -193,6 +194,9 @@ def main(cfg: DictConfig) -> None:
     except RunRefused as err:  # a configuration to change: one line, no traceback
         print(f"meta-kd-sr-train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteError as err:  # the last good checkpoint is on disk; nothing non-finite was written
+        print(f"meta-kd-sr-train: training stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _refuse_ddp_multirun(cfg: DictConfig) -> None:
