@@ -182,17 +182,7 @@ def test_eval_refuses_missing_folder(tmp_path):
     assert "HR folder not found" in proc.stderr and "nope" in proc.stderr
 
 
-def test_method_sweep_writes_one_evaluation_per_method(tmp_path):
-    teacher = tmp_path / "teacher"
-    _run(
-        str(BIN / "meta-kd-sr-train"),
-        "experiment=tiny_teacher",
-        f"hydra.run.dir={teacher}",
-        *SMALL,
-        "model.n_feats=16",
-        "model.n_blocks=2",
-    )
-    ckpt = json.loads((teacher / "eval.json").read_text())["checkpoint"]
+def test_method_sweep_writes_one_evaluation_per_method(tmp_path, tiny_teacher_ckpt):
     # three points: each method's training itself is tested in test_train.py (in process)
     methods = ["none", "output", "fakd"]
     sweep = tmp_path / "sweep"
@@ -200,7 +190,7 @@ def test_method_sweep_writes_one_evaluation_per_method(tmp_path):
         str(BIN / "meta-kd-sr-train"),
         "-m",
         "experiment=tiny_kd",
-        f"teacher.ckpt_path={ckpt}",
+        f"teacher.ckpt_path={tiny_teacher_ckpt}",  # trained in process: the console training is tested above
         "teacher.net.n_feats=16",
         "teacher.net.n_blocks=2",
         f"distill={','.join(methods)}",
