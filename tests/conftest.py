@@ -1,16 +1,66 @@
-"""Shared fixtures: real photos from scikit-image's wheel, no network, no downloads."""
+"""Shared fixtures: real photos from scikit-image's wheel, no network, no downloads.
+
+Every test starts from the same process state, whatever ran before it and whatever the shell exported:
+wandb off, no launcher variables (a CI job inside SLURM or torchrun must not turn the tiny in-process runs
+into ranks), the same seeds, no Hydra config left over from an earlier test.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("WANDB_MODE", "disabled")
+LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_")
+LAUNCHER_VARS = (
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def _drop_launcher_variables() -> None:
+    for name in [n for n in os.environ if n.startswith(LAUNCHER_PREFIXES) or n in LAUNCHER_VARS]:
+        del os.environ[name]
+
+
+_drop_launcher_variables()
+# Subprocesses inherit this too; a test that wants wandb sets WANDB_MODE=offline itself.
+os.environ["WANDB_MODE"] = "disabled"
 # Tiny tensors on 2 busy cores: one intra-op thread avoids OpenMP barrier stalls.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Start every test from the same seeds; undo the environment variables and Hydra state it leaves.
+
+    Libraries set variables for the rest of the process: ``WandbLogger(offline=True)`` sets WANDB_MODE,
+    ``seed_everything`` sets PL_GLOBAL_SEED (which every later subprocess would inherit). The seeds make
+    a test draw the same numbers alone as in the whole suite, whatever ran before it.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    _drop_launcher_variables()  # a session fixture's training may have seeded before this test
+    environ = dict(os.environ)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
+    _drop_launcher_variables()
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
 
 
 def _photo(name: str) -> np.ndarray:
