@@ -15,8 +15,8 @@ from wandb_records import config_keys, history_keys, wait_for_finished_run
 
 from meta_kd_sr.cli.train import build_module, train
 from meta_kd_sr.data.transforms import bicubic_downscale
-from meta_kd_sr.export import student_from_checkpoint
 from meta_kd_sr.metrics import psnr_y
+from meta_kd_sr.models.checkpoint import student_from_checkpoint
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 METHODS = ["none", "output", "fitnet", "at", "fsp", "fakd", "mkd", "mkd_static", "mkd_nocorr", "mkd_frozen"]

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from meta_kd_sr.models.checkpoint import export_student, student_from_checkpoint  # re-export
-
-__all__ = ["export_student", "main", "student_from_checkpoint"]
+from meta_kd_sr.models.checkpoint import export_student
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = export_student(args.ckpt_path, args.out_path)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(out)
 
