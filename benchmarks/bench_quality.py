@@ -1,0 +1,270 @@
+"""Quality benchmark of meta KD (``make bench-quality``): seeded, paired, at equal iterations and equal time.
+
+Every training is a subprocess of ``python -m meta_kd_sr.cli.train`` (Hydra overrides, an explicit
+``hydra.run.dir=<cache>/runs/<name>``, no timeout); every network is scored by
+``meta_kd_sr.cli.evaluate.score_dataset`` on held-out photos that no run trains on (``quality/heldout.py``).
+
+1. One teacher (EDSR, much wider and deeper than the students, trained long), cached in the run dir.
+2. Equal iterations: ``none, output, fitnet, at, fsp, fakd, mkd, mkd_frozen, mkd_static, mkd_nocorr``,
+   every seed; the same ``seed=`` gives every method the same student initialisation and data stream.
+3. Calibration: short timing runs of the equal-time variants that have no equal-iteration run.
+4. Equal wall time: scratch, output KD, FAKD, MKD with ``meta.every_n_steps`` 2/4/8 and with cheaper KRNets
+   (``distill.loss.hidden=16``, ``distill.loss.n_kernels=2``) get the iterations that MKD's mean training
+   time allows at their own measured s/it (kept in ``<cache>/equal_time.json``).
+5. Evaluation, statistics (mean ± sd; paired difference to scratch and to MKD with a 95 % t interval),
+   ``quality.json``, ``quality.md`` and ``quality_front.png`` in ``--out``.
+
+Resumable: a finished run (``eval.json`` in its dir) is skipped, a killed one continues from
+``checkpoints/last.ckpt`` with ``resume=``. In the background::
+
+    nohup make bench-quality > bench_quality.out 2>&1 &     # also logged to <cache>/bench_quality.log
+
+Timing: each run times its own training iterations (``quality/timing.py``: start-up, validation and
+export excluded); wall s = iterations x s/it. ``--jobs 2 --threads 1`` (the default) runs two trainings at
+a time with one torch thread each: tiny networks gain little from a second thread, so two single-thread
+runs on two cores finish the set about twice as fast, and every run (MKD included) is timed alike. The
+teacher trains alone with ``jobs x threads`` threads.
+
+Sizing of the full run (``FULL`` in ``quality/plan.py``) for <= 3 h on 2 quiet cores. Seconds per iteration
+were measured with ``--measure`` (all configurations interleaved in one process, one thread; on the busy
+2-core VM the process's CPU time equalled its wall time, i.e. the quiet-core rate). Student EDSR 8 x 3,
+teacher EDSR 32 x 8, LR patch 16, batch 16: scratch 0.0275 s/it; ratios output 2.75, fitnet 1.69, at 1.66,
+fsp 1.83, fakd 3.65, mkd 8.26, mkd_frozen 3.0, mkd_static 5.73, mkd_nocorr 8.04 (sum 37.6); teacher 5.1.
+
+- equal iterations, N = 2000: 3 seeds x 37.6 x 2000 x 0.0275 s = 6200 core-s;
+- equal time: 8 methods x 3 seeds x MKD's 2000 x 8.26 x 0.0275 = 454 s = 10900 core-s;
+- calibration (5 x 100 it) and start-up, export, evaluation (~15 s a run, 59 runs): ~1000 core-s;
+- students: 18100 core-s on 2 cores = 9050 s (2.5 h);
+- teacher 32 x 8, 12000 iterations at 5.1 x 0.0275 = 0.14 s/it on 1 core, ~0.09 s/it on 2: ~1100 s.
+Total about 10200 s (2.8 h). The equal-time scratch runs reach 2000 x 8.26 = 16500 iterations: the
+converged student the teacher margin is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import pipeline, runner  # noqa: E402
+from quality.heldout import HELDOUT, HeldoutPhotos, check_disjoint  # noqa: E402
+from quality.plan import FULL, QUICK, Sizes, student_spec, teacher_spec  # noqa: E402
+from quality.report import markdown, plot_front, summarize  # noqa: E402
+from quality.stats import finite_or_none  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = 4
+TEACHER_MARGIN_DB = 0.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the pipeline in about a minute")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default: benchmarks/results; --quick: outputs/bench_quality_quick)",
+    )
+    parser.add_argument(
+        "--cache", type=Path, help="run dirs and logs (default: outputs/bench_quality; --quick: <out>/cache)"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each training (0: torch's)")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="only time every configuration interleaved in this process and project the budget",
+    )
+    parser.add_argument("--measure-iterations", type=int, default=16)
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 0:
+        raise SystemExit(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
+    if args.out is None:
+        args.out = REPO / ("outputs/bench_quality_quick" if args.quick else "benchmarks/results")
+    if args.cache is None:
+        args.cache = args.out / "cache" if args.quick else REPO / "outputs" / "bench_quality"
+    args.out, args.cache = args.out.resolve(), args.cache.resolve()
+    return args
+
+
+def machine(threads: int | None, jobs: int) -> dict[str, Any]:
+    """Platform, CPU model, cores, torch threads per run and parallel runs."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "jobs": jobs,
+        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
+    }
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout (with ``+dirty`` when tracked files differ), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def training_photos() -> list[str]:
+    """The train and meta photos of the configs the runs use (``data=embedded_meta``)."""
+    from hydra import compose, initialize_config_dir
+
+    from meta_kd_sr.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["data=embedded_meta", "paths.output_dir=."])
+    return [*cfg.data.train.names, *cfg.data.meta.names]
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command that ran the benchmark, as a user would type it from the repository root."""
+    script = Path(__file__).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return shlex.join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
+
+
+def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate every run, compute the statistics, and assemble the JSON result."""
+    from meta_kd_sr.cli.evaluate import score_dataset
+    from meta_kd_sr.inference import upscale_bicubic
+
+    dataset = HeldoutPhotos(HELDOUT, SCALE)
+    students = [*runs["students"], *runs["equal_time"]]
+    teacher, *evaluated = pipeline.evaluate_all(ctx, [runs["teacher"], *students], dataset)
+    bicubic = score_dataset(lambda lq: upscale_bicubic(lq, SCALE), dataset, SCALE)
+    return {
+        "command": args.command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(args.threads, args.jobs),
+        "git_commit": git_commit(),
+        "mode": "quick" if args.quick else "full",
+        "scale": SCALE,
+        "sizes": ctx.sizes.as_dict(),
+        "heldout": list(dataset.image_names),
+        "teacher": teacher,
+        "student_params": evaluated[0]["params"],
+        "bicubic": bicubic,
+        "teacher_margin": pipeline.teacher_margin(teacher, evaluated, TEACHER_MARGIN_DB),
+        "budget": runs["budget"],
+        "runs": evaluated,
+        "calibration": runs["calibration"],
+        "summary": summarize(evaluated),
+    }
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
+    """``quality.json``, ``quality.md`` and ``quality_front.png`` in ``out``; their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "quality.json", "markdown": out / "quality.md", "plot": out / "quality_front.png"}
+    result["files"] = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(json.dumps(finite_or_none(result), indent=2, allow_nan=False) + "\n")
+    files["markdown"].write_text(markdown(result))
+    plot_front(result, files["plot"])
+    return result["files"]
+
+
+def measure(ctx: pipeline.Context, args: argparse.Namespace) -> None:
+    """Time every configuration interleaved (one process) and print the projected budget."""
+    import torch
+    from quality import measure as m
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    s = ctx.sizes
+    teacher = (
+        ctx.teacher_ckpt
+        if ctx.teacher_ckpt.is_file()
+        else m.random_teacher(ctx.cache / "measure" / "random_teacher.pt", *s.teacher)
+    )
+    names = list(dict.fromkeys([*s.methods, *s.equal_time]))
+    specs = [student_spec(s, n, s.seeds[0], s.iterations, "equal_iterations", teacher) for n in names]
+    specs.append(dataclasses.replace(teacher_spec(s), method="teacher"))
+    times = m.time_interleaved(specs, ctx.cache / "measure", args.measure_iterations, 2, ctx.log)
+    base = times["none"]["wall"]
+    for name, t in times.items():
+        ctx.log(f"{name:<14} wall {t['wall']:.4f} s/it  cpu {t['cpu']:.4f} s/it  x{t['wall'] / base:.2f}")
+    rate = {n: times[n]["cpu"] for n in names}
+    plan = m.projected_budget(rate, s, times["teacher"]["cpu"], args.jobs)
+    ctx.log("projected (CPU s/it as quiet-core s/it): " + json.dumps({k: round(v) for k, v in plan.items()}))
+
+
+def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
+    """Train what is not finished, evaluate, write the results; print the table and the plot's path."""
+    check_disjoint(HELDOUT, training_photos())
+    if args.threads:  # the evaluation in this process; each training gets OMP_NUM_THREADS
+        import torch
+
+        torch.set_num_threads(args.threads)
+    teacher_threads = args.jobs * args.threads if args.threads else None
+    runs = pipeline.run_all(ctx, teacher_threads)
+    result = collect(ctx, runs, args)
+    files = write_outputs(result, args.out)
+    print()
+    print(Path(files["markdown"]).read_text())
+    ctx.log(f"results: {files['json']}, {files['markdown']}")
+    ctx.log(f"plot: {files['plot']}")
+    return result
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    runner.terminate_all()  # the trainings stop too; a rerun resumes them from their last checkpoint
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark (or ``--measure``); return the result (``None`` for ``--measure``)."""
+    args = parse_args(argv)
+    args.command = command_line(argv)
+    lock_fd = runner.lock_cache(args.cache)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        sizes: Sizes = QUICK if args.quick else FULL
+        log_path = args.cache / "bench_quality.log"
+        ctx = pipeline.Context(args.cache, sizes, args.jobs, args.threads or None, log_path, lock_fd)
+        ctx.log(f"bench_quality: {args.command}; cache {args.cache}, results {args.out}")
+        if args.measure:
+            measure(ctx, args)
+            return None
+        return run(args, ctx)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.close(lock_fd)
+
+
+if __name__ == "__main__":
+    main()

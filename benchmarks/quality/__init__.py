@@ -1,0 +1,1 @@
+"""The quality benchmark (``make bench-quality``): plan, runs, held-out evaluation, statistics, report."""

@@ -1,0 +1,202 @@
+"""Summaries of the quality benchmark: per-method statistics, the markdown report and the front plot."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .stats import beyond_noise, mean_sd, paired_difference
+
+METRICS = ("psnr_y", "ssim_y")
+GROUP_TITLES = {"equal_iterations": "Equal iterations", "equal_time": "Equal wall time"}
+
+
+def _by_seed(records: Sequence[Mapping[str, Any]], metric: str) -> dict[int, float]:
+    return {int(r["seed"]): float(r[metric]) for r in records}
+
+
+def _paired(records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]]) -> dict | None:
+    same = {(r["method"], r["group"]) for r in records} == {(r["method"], r["group"]) for r in reference}
+    if not reference or same:
+        return None
+    return {m: paired_difference(_by_seed(records, m), _by_seed(reference, m)) for m in METRICS}
+
+
+def summarize_method(
+    records: Sequence[Mapping[str, Any]],
+    scratch: Sequence[Mapping[str, Any]],
+    mkd: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """One table row: mean +- sd over seeds, timing, paired differences to scratch and to MKD."""
+    iterations = sorted({int(r["iterations"]) for r in records})
+    return {
+        "method": records[0]["method"],
+        "group": records[0]["group"],
+        "iterations": iterations[0] if len(iterations) == 1 else iterations,
+        "seeds": sorted(int(r["seed"]) for r in records),
+        **{m: mean_sd([float(r[m]) for r in records]) for m in METRICS},
+        "s_per_it": statistics.fmean(float(r["s_per_it"]) for r in records),
+        "train_s": statistics.fmean(float(r["train_s"]) for r in records),
+        "process_s": statistics.fmean(float(r["process_s"]) for r in records),
+        "vs_scratch": _paired(records, scratch),
+        "vs_mkd": _paired(records, mkd),
+    }
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows of both comparisons.
+
+    Equal iterations: every method against scratch (``none``) and MKD at the same iteration count.
+    Equal wall time: the methods given MKD's wall time, with the equal-iteration MKD runs as the MKD row,
+    against scratch given the same time and against MKD.
+    """
+
+    def select(group: str, method: str | None = None) -> list[Mapping[str, Any]]:
+        return [r for r in records if r["group"] == group and (method is None or r["method"] == method)]
+
+    def methods(group: str) -> list[str]:
+        return list(dict.fromkeys(r["method"] for r in select(group)))
+
+    mkd = select("equal_iterations", "mkd")
+    out: dict[str, list[dict[str, Any]]] = {"equal_iterations": [], "equal_time": []}
+    scratch = select("equal_iterations", "none")
+    for method in methods("equal_iterations"):
+        out["equal_iterations"].append(summarize_method(select("equal_iterations", method), scratch, mkd))
+    if select("equal_time"):
+        scratch_t = select("equal_time", "none") or scratch
+        rows = [summarize_method(mkd, scratch_t, mkd) | {"group": "equal_time"}]
+        for method in methods("equal_time"):
+            rows.append(summarize_method(select("equal_time", method), scratch_t, mkd))
+        out["equal_time"] = rows
+    return out
+
+
+def _pm(stat: Mapping[str, Any], digits: int) -> str:
+    sd = "-" if stat["sd"] is None else f"{stat['sd']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {sd}"
+
+
+def _delta(diff: Mapping[str, Any] | None, digits: int = 3) -> tuple[str, str]:
+    if diff is None:
+        return "(reference)", "-"
+    low, high = diff["ci"]
+    star = " *" if beyond_noise(diff) else ""
+    return f"{diff['mean']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{star}", f"{diff['t']:.2f}"
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The markdown table of one comparison."""
+    lines = [
+        "| method | iterations | PSNR_y (dB) | SSIM_y | Δ PSNR_y vs scratch [95 % CI] | t | s/it | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        delta, t = _delta(r["vs_scratch"]["psnr_y"] if r["vs_scratch"] else None)
+        lines.append(
+            f"| {r['method']} | {r['iterations']} | {_pm(r['psnr_y'], 3)} | {_pm(r['ssim_y'], 4)} | {delta} "
+            f"| {t} | {r['s_per_it']:.4f} | {r['train_s']:.0f} |"
+        )
+    return lines
+
+
+def mkd_table(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Whether MKD beat each method beyond the seed spread, at equal iterations and at equal time."""
+    lines = [
+        "| method | comparison | MKD − method, PSNR_y [95 % CI] | t | MKD − method, SSIM_y [95 % CI] |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for group, rows in summary.items():
+        for r in rows:
+            if not r["vs_mkd"]:
+                continue
+            flipped = {m: _negate(r["vs_mkd"][m]) for m in METRICS}
+            psnr, t = _delta(flipped["psnr_y"])
+            ssim, _ = _delta(flipped["ssim_y"], 4)
+            lines.append(f"| {r['method']} | {GROUP_TITLES[group].lower()} | {psnr} | {t} | {ssim} |")
+    return lines
+
+
+def _negate(diff: Mapping[str, Any]) -> dict[str, Any]:
+    low, high = diff["ci"]
+    return {**diff, "mean": -diff["mean"], "t": -diff["t"], "ci": [-high, -low]}
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The whole report: header (command, date, machine, commit), setup, both tables, MKD's comparisons."""
+    m, s, t = result["machine"], result["sizes"], result["teacher"]
+    margin = result["teacher_margin"]
+    verdict = "ok" if margin["ok"] else f"FAILS the required {margin['required']} dB: little to distil"
+    lines = [
+        f"# Quality benchmark ({result['mode']})",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}; git commit: {result['git_commit']}",
+        f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; torch threads per run: "
+        f"{m['torch_threads']}, parallel runs: {m['jobs']}",
+        f"- x{result['scale']}; student EDSR {s['student'][0]} ch × {s['student'][1]} blocks "
+        f"({result['student_params']:,} params); teacher EDSR {s['teacher'][0]} × {s['teacher'][1]} "
+        f"({t['params']:,} params, {t['iterations']} iterations); LR patch {s['lq_patch']}, batch "
+        f"{s['batch']}, Adam lr {s['lr']} cosine; seeds {list(s['seeds'])} (paired)",
+        f"- held-out photos (never trained on): {', '.join(result['heldout'])}; Y, crop {result['scale']}, "
+        "uint8, per image",
+        f"- teacher {t['psnr_y']:.3f} dB / {t['ssim_y']:.4f}; bicubic {result['bicubic']['psnr_y']:.3f} dB; "
+        f"teacher − converged scratch ({margin['reference']}): {margin['psnr_y']:+.3f} dB ({verdict})",
+        "- Δ: paired difference over seeds, 95 % interval from Student's t (n − 1 dof); * the interval "
+        "excludes 0. s/it and wall s: training iterations only, timed inside each run.",
+    ]
+    for group, rows in result["summary"].items():
+        if rows:
+            title = GROUP_TITLES[group]
+            if group == "equal_time":
+                title += f" (MKD's {result['budget']['mkd_train_s']:.0f} s)"
+            lines += ["", f"## {title}", "", *table(rows)]
+    lines += ["", "## MKD against each method (paired)", "", *mkd_table(result["summary"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(result: Mapping[str, Any], path: Path) -> Path:
+    """Quality versus training wall time: mean PSNR_y +- sd per method and the best-so-far front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    names = list(dict.fromkeys(r["method"] for rows in result["summary"].values() for r in rows))
+    colors = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    points = []
+    for group, marker in (("equal_iterations", "o"), ("equal_time", "s")):
+        rows = [r for r in result["summary"][group] if not (group == "equal_time" and r["method"] == "mkd")]
+        for r in rows:
+            x, y, sd = r["train_s"], r["psnr_y"]["mean"], r["psnr_y"]["sd"] or 0.0
+            ax.errorbar(x, y, yerr=sd, fmt=marker, capsize=3, color=colors[r["method"]])
+            ax.annotate(
+                f"{r['method']} ({r['iterations']})",
+                (x, y),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+            points.append((x, y))
+    front, best = [], -float("inf")
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.step(*zip(*front), where="post", color="gray", linestyle="--", label="best quality within the time")
+    ax.axhline(result["teacher"]["psnr_y"], color="black", linestyle=":", label="teacher")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training wall time per run (s, log scale)")
+    ax.set_ylabel("PSNR_y on held-out photos (dB), mean ± sd over seeds")
+    ax.set_title("Quality vs wall time (circles: equal iterations; squares: MKD's wall time)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

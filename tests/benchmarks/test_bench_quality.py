@@ -1,0 +1,242 @@
+"""The quality benchmark: statistics on known values, the resume/skip logic, ``--quick`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bench_quality
+import pytest
+from quality import pipeline, runner
+from quality.heldout import HELDOUT, check_disjoint
+from quality.plan import QUICK, RunSpec, round_iterations
+from quality.report import markdown, summarize, table
+from quality.stats import beyond_noise, mean_sd, paired_difference, seconds_per_iteration
+from scipy import stats as scipy_stats
+
+T_975_2DOF = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (printed tables)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_paired_difference_hand_computed():
+    # d = (1, 2, 3): mean 2, sd 1, se 1/sqrt(3), t = 2 sqrt(3), CI 2 -+ 4.3027 / sqrt(3)
+    diff = paired_difference({0: 11.0, 1: 12.0, 2: 13.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert diff["mean"] == pytest.approx(2.0)
+    assert diff["sd"] == pytest.approx(1.0)
+    assert (diff["n"], diff["dof"], diff["seeds"]) == (3, 2, [0, 1, 2])
+    assert diff["t"] == pytest.approx(2 * math.sqrt(3))
+    half = T_975_2DOF / math.sqrt(3)
+    assert diff["ci"] == pytest.approx([2 - half, 2 + half])
+    assert not beyond_noise(diff)  # the interval (-0.48, 4.48) holds 0
+
+
+def test_paired_difference_matches_scipy_paired_t_test():
+    a = {0: 26.81, 1: 26.95, 2: 26.90, 3: 27.02}
+    b = {0: 26.80, 1: 26.79, 2: 26.84, 3: 26.83}
+    diff = paired_difference(a, b)
+    ref = scipy_stats.ttest_rel(list(a.values()), list(b.values()))
+    low, high = ref.confidence_interval(0.95)
+    assert diff["t"] == pytest.approx(ref.statistic)
+    assert diff["ci"] == pytest.approx([low, high])
+    assert beyond_noise(diff) == (low > 0 or high < 0)
+
+
+def test_paired_difference_pairs_by_seed_and_refuses_one_seed():
+    # seed 5 has no partner: only seeds 0 and 1 are paired, whatever the dict order
+    diff = paired_difference({1: 3.0, 0: 1.0, 5: 99.0}, {0: 0.0, 1: 1.0})
+    assert diff["seeds"] == [0, 1] and diff["mean"] == pytest.approx(1.5)
+    with pytest.raises(ValueError, match=r"needs >= 2 seeds present in both, got \[0\]"):
+        paired_difference({0: 1.0, 1: 2.0}, {0: 0.0, 2: 0.0})
+
+
+def test_paired_difference_without_spread():
+    assert paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})["t"] == math.inf
+    assert math.isnan(paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})["t"])
+
+
+def test_mean_sd_and_seconds_per_iteration():
+    assert mean_sd([1.0, 2.0, 3.0, 4.0]) == pytest.approx({"mean": 2.5, "sd": math.sqrt(5 / 3), "n": 4})
+    assert mean_sd([7.0])["sd"] is None
+    # two processes of one resumed run: 40 iterations in 6 s
+    segments = [{"iterations": 10, "seconds": 2.0}, {"iterations": 30, "seconds": 4.0}]
+    assert seconds_per_iteration(segments) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="no timed iterations"):
+        seconds_per_iteration([{"iterations": 0, "seconds": 1.0}])
+
+
+def test_equal_time_iterations():
+    assert round_iterations(100.0, 0.3, 10) == 330  # 333.3 -> 330
+    assert round_iterations(1.0, 0.3, 10) == 10  # never below one step of rounding
+    with pytest.raises(ValueError, match="positive"):
+        round_iterations(0.0, 0.3, 10)
+
+
+def _record(method: str, group: str, seed: int, psnr: float, s_per_it: float = 0.1, iterations: int = 100):
+    return {
+        "method": method,
+        "group": group,
+        "seed": seed,
+        "iterations": iterations,
+        "psnr_y": psnr,
+        "ssim_y": psnr / 100,
+        "s_per_it": s_per_it,
+        "train_s": s_per_it * iterations,
+        "process_s": s_per_it * iterations + 10,
+    }
+
+
+def test_equal_time_budget_is_computed_once(tmp_path):
+    ctx = pipeline.Context(tmp_path, QUICK, 1, 1, tmp_path / "log")
+    records = [_record("none", "equal_iterations", s, 20.0, 0.1) for s in (0, 1)]
+    records += [_record("mkd", "equal_iterations", s, 20.0, 0.5) for s in (0, 1)]  # 50 s per MKD run
+    budget = pipeline.equal_time_budget(ctx, records)
+    assert budget["mkd_train_s"] == pytest.approx(50.0)
+    assert budget["iterations"] == {"none": 500}
+    # a rerun trains the runs it started, even when the timings it is given changed
+    assert pipeline.equal_time_budget(ctx, records[:1] + records[2:3]) == budget
+
+
+def test_summary_rows_and_table():
+    records = []
+    for seed, (none, mkd, fakd) in enumerate(
+        [(26.80, 26.95, 26.85), (26.82, 27.10, 26.80), (26.81, 27.00, 26.9)]
+    ):
+        records += [
+            _record("none", "equal_iterations", seed, none),
+            _record("mkd", "equal_iterations", seed, mkd, 0.5),
+            _record("fakd", "equal_iterations", seed, fakd, 0.3),
+            _record("none", "equal_time", seed, none + 0.4, iterations=500),
+        ]
+    summary = summarize(records)
+    rows = {r["method"]: r for r in summary["equal_iterations"]}
+    assert rows["none"]["vs_scratch"] is None and rows["mkd"]["vs_mkd"] is None
+    expected = paired_difference({0: 26.95, 1: 27.10, 2: 27.00}, {0: 26.80, 1: 26.82, 2: 26.81})
+    got = rows["mkd"]["vs_scratch"]["psnr_y"]
+    assert got["ci"] == pytest.approx(expected["ci"]) and got["t"] == pytest.approx(expected["t"])
+    assert rows["mkd"]["psnr_y"]["mean"] == pytest.approx((26.95 + 27.10 + 27.00) / 3)
+    assert rows["mkd"]["train_s"] == pytest.approx(50.0)
+    # equal time: MKD (its equal-iteration runs) against scratch given the same time
+    timed = {r["method"]: r for r in summary["equal_time"]}
+    assert timed["mkd"]["vs_scratch"]["psnr_y"]["mean"] == pytest.approx(expected["mean"] - 0.4, abs=1e-9)
+    assert timed["none"]["iterations"] == 500 and timed["none"]["vs_scratch"] is None
+    lines = {line.split(" | ")[0]: line for line in table(summary["equal_iterations"])}
+    # MKD - scratch: d = (0.15, 0.28, 0.19), mean 0.207, CI excludes 0 (marked *), t = 5.38
+    assert lines["| mkd"] == (
+        "| mkd | 100 | 27.017 ± 0.076 | 0.2702 ± 0.0008 | +0.207 [+0.041, +0.372] * | 5.38 | 0.5000 | 50 |"
+    )
+    assert "(reference)" in lines["| none"]
+
+
+# ------------------------------------------------------------------------------------- resume logic
+def _spec(name: str = "none-s0-n6") -> RunSpec:
+    return RunSpec(name, "none", "equal_iterations", 0, 6, ("experiment=tiny_sr", "seed=0"))
+
+
+def test_run_state_decides_skip_resume_restart(tmp_path):
+    spec, run = _spec(), tmp_path / "run"
+    assert runner.run_state(run) == "fresh"
+    args = runner.launch_arguments(spec, run, "fresh")
+    assert args[1:3] == ["-m", "meta_kd_sr.cli.train"] and f"hydra.run.dir={run}" in args
+    assert not any(a.startswith(("resume=", "overwrite=")) for a in args)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step0000004.ckpt").write_bytes(b"x")  # killed before its first resume point
+    assert runner.run_state(run) == "restart"
+    assert "overwrite=true" in runner.launch_arguments(spec, run, "restart")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert runner.run_state(run) == "resume"
+    assert f"resume={run / 'checkpoints' / 'last.ckpt'}" in runner.launch_arguments(spec, run, "resume")
+    (run / "eval.json").write_text("{}")
+    assert runner.run_state(run) == "finished"
+    with pytest.raises(ValueError, match="is finished"):
+        runner.launch_arguments(spec, run, "finished")
+
+
+def test_run_dir_of_other_settings_is_refused(tmp_path):
+    spec = _spec()
+    runner.check_spec(spec, tmp_path)
+    runner.check_spec(spec, tmp_path)  # the same settings: fine
+    other = RunSpec(spec.name, "none", "equal_iterations", 0, 8, spec.overrides)
+    with pytest.raises(ValueError, match=r"other settings \(iterations differ\): delete it, or pass another"):
+        runner.check_spec(other, tmp_path)
+
+
+def test_one_benchmark_per_cache(tmp_path):
+    fd = runner.lock_cache(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match=rf"{tmp_path} is in use by another bench_quality run"):
+            runner.lock_cache(tmp_path)
+    finally:
+        os.close(fd)
+    os.close(runner.lock_cache(tmp_path))  # free again
+
+
+def test_heldout_photos_are_disjoint_from_training():
+    check_disjoint(HELDOUT, bench_quality.training_photos())
+    with pytest.raises(ValueError, match=r"\['chelsea'\] are also in the training"):
+        check_disjoint(["cat", "camera"], ["astronaut", "chelsea"])
+
+
+# ------------------------------------------------------------------------------------ --quick, twice
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """``bench_quality.py --quick`` as a user runs it (a subprocess, no timeout)."""
+    out = tmp_path_factory.mktemp("bench_quality")
+    script = Path(bench_quality.__file__)
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], check=True)
+    return out
+
+
+def test_quick_writes_results_with_the_schema(quick_run):
+    result = json.loads((quick_run / "quality.json").read_text())
+    for key in ("command", "date", "git_commit", "machine", "sizes", "heldout", "teacher", "bicubic"):
+        assert key in result
+    assert {"platform", "cpu", "cores", "torch_threads"} <= set(result["machine"])
+    assert isinstance(result["machine"]["torch_threads"], int) and result["mode"] == "quick"
+    assert len(result["git_commit"]) >= 40 and "--quick" in result["command"]
+    assert isinstance(result["teacher_margin"]["ok"], bool)
+    runs = result["runs"]
+    assert sorted((r["method"], r["group"], r["seed"]) for r in runs) == sorted(
+        [(m, "equal_iterations", s) for m in QUICK.methods for s in QUICK.seeds]
+        + [(m, "equal_time", s) for m in QUICK.equal_time for s in QUICK.seeds]
+    )
+    for r in runs:
+        assert isinstance(r["psnr_y"], float) and 0 < r["ssim_y"] < 1
+        assert r["s_per_it"] > 0 and r["train_s"] == pytest.approx(r["s_per_it"] * r["iterations"])
+    eq_time = {r["method"]: r for r in result["summary"]["equal_time"]}
+    assert eq_time["none"]["iterations"] == result["budget"]["iterations"]["none"]
+    mkd = {r["method"]: r for r in result["summary"]["equal_iterations"]}["mkd"]
+    for metric in ("psnr_y", "ssim_y"):
+        diff = mkd["vs_scratch"][metric]
+        assert {"mean", "sd", "t", "ci", "dof", "n"} <= set(diff) and diff["n"] == len(QUICK.seeds)
+        assert diff["ci"][0] <= diff["mean"] <= diff["ci"][1]
+    text = (quick_run / "quality.md").read_text()
+    assert result["git_commit"] in text and "| method | iterations | PSNR_y (dB) |" in text
+    assert (quick_run / "quality_front.png").read_bytes()[:4] == b"\x89PNG"
+    assert (quick_run / "cache" / "bench_quality.log").read_text().count("phase") >= 8
+
+
+def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypatch, capsys):
+    before = json.loads((quick_run / "quality.json").read_text())
+    launches: list[list[str]] = []
+    real_popen = runner.subprocess.Popen
+
+    def counting_popen(cmd, **kwargs):
+        launches.append(list(cmd))
+        return real_popen(cmd, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    again = bench_quality.main(["--quick", "--out", str(quick_run)])
+    assert launches == []  # every run finished: nothing trained
+    assert [r["psnr_y"] for r in again["runs"]] == [r["psnr_y"] for r in before["runs"]]
+    assert "| method | iterations |" in capsys.readouterr().out
+    # a run that lost its eval.json (killed after its last checkpoint) is continued with resume=
+    killed = Path(next(r["run_dir"] for r in before["runs"] if r["method"] == "none"))
+    (killed / "eval.json").unlink()
+    resumed = bench_quality.main(["--quick", "--out", str(quick_run)])
+    assert len(launches) == 1 and f"resume={killed / 'checkpoints' / 'last.ckpt'}" in launches[0]
+    assert [r["psnr_y"] for r in resumed["runs"]] == [r["psnr_y"] for r in before["runs"]]
+    assert markdown(resumed).count("\n") > 10
