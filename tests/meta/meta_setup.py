@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meta_kd_sr.distill import Distiller
 from meta_kd_sr.distill.krnet import KRNetLoss
+from meta_kd_sr.meta import MetaSettings
+from meta_kd_sr.models import EDSR
+from meta_kd_sr.module import SRModule
 
 SCALE = 2
 
@@ -99,3 +104,33 @@ def hand_sgd_meta_grad(s: Setup, alphas) -> list[torch.Tensor]:
     v = meta_loss_grad_at(s.student, new, s.meta_lq, s.meta_gt)
     weighted_dot = sum(a * (gi * vi).sum() for a, gi, vi in zip(alphas, g, v))
     return [-d for d in torch.autograd.grad(weighted_dot, s.meta_params)]
+
+
+def tiny_kd_module(
+    engine: str = "higher",
+    n_blocks: int = 2,
+    teacher_feats: int = 8,
+    dtype: torch.dtype = torch.float64,
+    output_weight: float = 0.0,
+    meta_learn: bool = True,
+):
+    """A seeded x2 SRModule: EDSR student (6 ch), teacher, tiny KRNets, Adam 1e-3, meta alpha 0.5, lr 1e-2."""
+    torch.manual_seed(0)
+    student = EDSR(2, n_feats=6, n_blocks=n_blocks).to(dtype)
+    teacher = EDSR(2, n_feats=teacher_feats, n_blocks=n_blocks).to(dtype)
+    distiller = Distiller(
+        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5),
+        student_channels=student.feature_channels,
+        teacher_channels=teacher.feature_channels,
+        feature_scale=1 / 255,
+        output_weight=output_weight,
+        meta_learn=meta_learn,
+    ).to(dtype)
+    return SRModule(
+        student,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        scale=2,
+        distiller=distiller,
+        teacher=teacher,
+        meta=MetaSettings(engine=engine, alpha=0.5, lr=1e-2),
+    )

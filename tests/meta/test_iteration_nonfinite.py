@@ -4,40 +4,20 @@ meta-gradient skips the KRNet update only."""
 from __future__ import annotations
 
 import copy
-import functools
 import re
 
 import pytest
 import torch
-from meta_setup import rel_err
+from meta_setup import rel_err, tiny_kd_module
 
-from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.finite import NonFiniteError
-from meta_kd_sr.meta import MetaSettings, run_iteration
-from meta_kd_sr.models import EDSR
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.meta import run_iteration
 
 NAN = float("nan")
 
 
 def build(engine="higher"):
-    torch.manual_seed(0)
-    student = EDSR(2, n_feats=6, n_blocks=2).double()
-    teacher = EDSR(2, n_feats=8, n_blocks=2).double()
-    distiller = Distiller(
-        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5),
-        student_channels=student.feature_channels,
-        teacher_channels=teacher.feature_channels,
-        feature_scale=1 / 255,
-    ).double()
-    module = SRModule(
-        student,
-        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
-        scale=2,
-        distiller=distiller,
-        teacher=teacher,
-        meta=MetaSettings(engine=engine, alpha=0.5, lr=1e-2),
-    )
+    module = tiny_kd_module(engine)
     opts = [entry["optimizer"] for entry in module.configure_optimizers()]
     return module, opts
 

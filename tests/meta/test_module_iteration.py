@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
-from meta_setup import rel_err
+from meta_setup import rel_err, tiny_kd_module
 
-from meta_kd_sr.distill import Distiller, KRNetLoss
-from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
-from meta_kd_sr.models import EDSR
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.meta import PseudoStep, meta_gradient
 
 
 def build(engine="higher", output_weight=0.0, dtype=torch.float64):
-    torch.manual_seed(0)
-    student = EDSR(2, n_feats=6, n_blocks=3).to(dtype)
-    teacher = EDSR(2, n_feats=10, n_blocks=3).to(dtype)
-    distiller = Distiller(
-        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5),
-        student_channels=student.feature_channels,
-        teacher_channels=teacher.feature_channels,
-        feature_scale=1 / 255,
-        output_weight=output_weight,
-    ).to(dtype)
-    module = SRModule(
-        student,
-        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
-        scale=2,
-        distiller=distiller,
-        teacher=teacher,
-        meta=MetaSettings(engine=engine, alpha=0.5, lr=1e-2),
-    )
+    module = tiny_kd_module(engine, n_blocks=3, teacher_feats=10, dtype=dtype, output_weight=output_weight)
     lq, meta_lq = torch.rand(2, 2, 3, 8, 8, dtype=dtype)
     gt, meta_gt = torch.rand(2, 2, 3, 16, 16, dtype=dtype)
     batch = {"train": {"lq": lq, "gt": gt}, "meta": {"lq": meta_lq, "gt": meta_gt}}

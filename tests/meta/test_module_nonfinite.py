@@ -3,40 +3,20 @@ updates are counted, logged and survive a resume."""
 
 from __future__ import annotations
 
-import functools
-
 import lightning.pytorch as pl
 import pytest
 import torch
+from meta_setup import tiny_kd_module
 from torch.utils.data import DataLoader
 
-from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.finite import NonFiniteError
-from meta_kd_sr.meta import MetaSettings
-from meta_kd_sr.models import EDSR
 from meta_kd_sr.module import SRModule
 
 NAN = float("nan")
 
 
 def tiny_module(meta: bool) -> SRModule:
-    torch.manual_seed(0)
-    student, teacher = EDSR(2, n_feats=6, n_blocks=2), EDSR(2, n_feats=8, n_blocks=2)
-    distiller = Distiller(
-        loss=functools.partial(KRNetLoss, n_kernels=3, hidden=5),
-        student_channels=student.feature_channels,
-        teacher_channels=teacher.feature_channels,
-        feature_scale=1 / 255,
-        meta_learn=meta,
-    )
-    return SRModule(
-        student,
-        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
-        scale=2,
-        distiller=distiller,
-        teacher=teacher,
-        meta=MetaSettings(alpha=0.5, lr=1e-2),
-    )
+    return tiny_kd_module(dtype=torch.float32, meta_learn=meta)
 
 
 def loader(n_iterations: int, meta: bool, nan_at: int | None = None, split: str = "train") -> DataLoader:
