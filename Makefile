@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN := $(if $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2),LD_PRELOAD=libjemalloc.so.2,)
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-slow lint demo bench-data bench-step clean
+.PHONY: install test test-slow lint demo bench-data bench-step bench-quality clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-data: $(STAMP)
 
 bench-step: $(STAMP)
 	$(RUN) $(PY) benchmarks/bench_step.py $(ARGS)
+
+bench-quality: $(STAMP)
+	$(RUN) $(PY) benchmarks/bench_quality.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
