@@ -51,7 +51,7 @@ class Sizes:
     Attributes:
         student: (channels, blocks) of the EDSR student.
         teacher: (channels, blocks) of the EDSR teacher.
-        teacher_iterations, teacher_lq_patch, teacher_lr: the teacher's training.
+        teacher_iterations, teacher_lq_patch, teacher_batch, teacher_lr: the teacher's training.
         iterations: the students' equal-iteration budget.
         lq_patch, batch, lr: the students' LR patch side, batch and peak learning rate.
         seeds: the paired seeds.
@@ -66,6 +66,7 @@ class Sizes:
     teacher: tuple[int, int]
     teacher_iterations: int
     teacher_lq_patch: int
+    teacher_batch: int
     teacher_lr: float
     iterations: int
     lq_patch: int
@@ -97,15 +98,16 @@ class Sizes:
 
 # Sized for <= 3 h on 2 quiet cores: the arithmetic is in bench_quality.py's docstring.
 FULL = Sizes(
-    student=(16, 3),
-    teacher=(64, 8),
-    teacher_iterations=20000,
+    student=(8, 3),
+    teacher=(32, 8),
+    teacher_iterations=10000,
     teacher_lq_patch=16,
-    teacher_lr=5e-4,
-    iterations=3000,
+    teacher_batch=16,
+    teacher_lr=1e-3,
+    iterations=2000,
     lq_patch=16,
     batch=16,
-    lr=1e-3,
+    lr=3e-3,
     seeds=(0, 1, 2),
     methods=tuple(METHODS),
     equal_time=("none", "output", "fakd", *MKD_VARIANTS),
@@ -117,6 +119,7 @@ QUICK = Sizes(
     teacher=(16, 2),
     teacher_iterations=8,
     teacher_lq_patch=8,
+    teacher_batch=4,
     teacher_lr=1e-3,
     iterations=6,
     lq_patch=8,
@@ -166,7 +169,7 @@ def teacher_spec(sizes: Sizes) -> RunSpec:
         f"model.n_feats={feats}",
         f"model.n_blocks={blocks}",
         f"lq_patch={sizes.teacher_lq_patch}",
-        f"data.batch_size={sizes.batch}",
+        f"data.batch_size={sizes.teacher_batch}",
         "seed=0",
         *schedule(sizes.teacher_iterations, sizes.teacher_lr, sizes.resume_every),
         *COMMON,

@@ -224,9 +224,10 @@ def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypa
     launches: list[list[str]] = []
     real_popen = runner.subprocess.Popen
 
-    def counting_popen(cmd, **kwargs):
-        launches.append(list(cmd))
-        return real_popen(cmd, **kwargs)
+    def counting_popen(cmd, *args, **kwargs):
+        if "meta_kd_sr.cli.train" in cmd:  # trainings only (not git, uname)
+            launches.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)
 
     monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
     again = bench_quality.main(["--quick", "--out", str(quick_run)])
