@@ -176,6 +176,11 @@ def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespac
     students = [*runs["students"], *runs["equal_time"]]
     teacher, *evaluated = pipeline.evaluate_all(ctx, [runs["teacher"], *students], dataset)
     bicubic = score_dataset(lambda lq: upscale_bicubic(lq, SCALE), dataset, SCALE)
+    margin = pipeline.teacher_margin(teacher, evaluated, TEACHER_MARGIN_DB)
+    verdict = "ok" if margin["ok"] else f"FAILS: below {TEACHER_MARGIN_DB} dB, little to distil"
+    ctx.log(
+        f"teacher {teacher['psnr_y']:.3f} dB, {margin['psnr_y']:+.3f} over {margin['reference']}: {verdict}"
+    )
     return {
         "command": args.command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -188,7 +193,7 @@ def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespac
         "teacher": teacher,
         "student_params": evaluated[0]["params"],
         "bicubic": bicubic,
-        "teacher_margin": pipeline.teacher_margin(teacher, evaluated, TEACHER_MARGIN_DB),
+        "teacher_margin": margin,
         "budget": runs["budget"],
         "runs": evaluated,
         "calibration": runs["calibration"],

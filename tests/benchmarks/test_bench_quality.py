@@ -10,13 +10,21 @@ import sys
 from pathlib import Path
 
 import bench_quality
+import lightning.pytorch as pl
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from quality import pipeline, runner
 from quality.heldout import HELDOUT, check_disjoint
-from quality.plan import QUICK, RunSpec, round_iterations
+from quality.measure import random_teacher
+from quality.plan import QUICK, RunSpec, round_iterations, student_spec
 from quality.report import markdown, summarize, table
 from quality.stats import beyond_noise, mean_sd, paired_difference, seconds_per_iteration
 from scipy import stats as scipy_stats
+
+from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli.train import build_module
 
 T_975_2DOF = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (printed tables)
 
@@ -172,6 +180,33 @@ def test_one_benchmark_per_cache(tmp_path):
     finally:
         os.close(fd)
     os.close(runner.lock_cache(tmp_path))  # free again
+
+
+def _student_and_first_batch(spec: RunSpec, out: Path):
+    """What ``train()`` builds first for ``spec``: seeded, then the data, then the module."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*spec.overrides, f"paths.output_dir={out}"])
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()["train"]))
+    return torch.cat([p.detach().flatten() for p in module.student.parameters()]), batch["lq"]
+
+
+def test_seeds_are_paired_across_methods(tmp_path):
+    teacher = random_teacher(tmp_path / "teacher.pt", *QUICK.teacher)
+    built = {
+        m: _student_and_first_batch(student_spec(QUICK, m, 1, 6, "equal_iterations", teacher), tmp_path)
+        for m in ("none", "output", "mkd", "mkd_frozen")
+    }
+    other_seed = _student_and_first_batch(
+        student_spec(QUICK, "none", 0, 6, "equal_iterations", teacher), tmp_path
+    )
+    for method, (params, lq) in built.items():
+        assert torch.equal(params, built["none"][0]), method  # same initialisation
+        assert torch.equal(lq, built["none"][1]), method  # same data stream
+    assert not torch.equal(other_seed[0], built["none"][0])
 
 
 def test_heldout_photos_are_disjoint_from_training():
