@@ -69,7 +69,8 @@ from quality import pipeline, runner  # noqa: E402
 from quality.heldout import HELDOUT, HeldoutPhotos, check_disjoint  # noqa: E402
 from quality.plan import FULL, QUICK, Sizes, student_spec, teacher_spec  # noqa: E402
 from quality.report import markdown, plot_front, summarize  # noqa: E402
-from quality.stats import finite_or_none  # noqa: E402
+
+from meta_kd_sr.finite import finite_or_none  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = 4

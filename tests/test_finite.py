@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
 
-from meta_kd_sr.finite import NonFiniteError, check_grads, check_terms, first_nonfinite
+from meta_kd_sr.finite import NonFiniteError, check_grads, check_terms, finite_or_none, first_nonfinite
 
 NAN, INF = float("nan"), float("inf")
 
@@ -41,3 +42,9 @@ def test_check_grads_names_the_first_bad_parameter() -> None:
     check_grads(
         params, [torch.ones(2), torch.ones(3), torch.ones(1)], lambda p: 1 / 0
     )  # names only on failure
+
+
+def test_finite_or_none_makes_strict_json():
+    value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": "x", "d": 3}
+    assert finite_or_none(value) == {"a": None, "b": [1.5, None, [None, 2]], "c": "x", "d": 3}
+    json.dumps(finite_or_none(value), allow_nan=False)

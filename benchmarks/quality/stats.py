@@ -85,14 +85,3 @@ def seconds_per_iteration(segments: Sequence[Mapping[str, Any]]) -> float:
     if iterations <= 0:
         raise ValueError(f"no timed iterations in {len(segments)} timing segment(s): {list(segments)}")
     return sum(float(s["seconds"]) for s in segments) / iterations
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by ``None`` (nested dicts and lists): strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return value

@@ -9,7 +9,9 @@ Each check is one fused reduction and one host synchronisation, whatever the num
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,3 +95,14 @@ def check_grads(
         f"the gradient of {name_of(params[bad])} is not finite ({kind}){_where(iteration)}; "
         "no optimizer step was taken"
     )
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by ``None`` (nested dicts and lists): strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value

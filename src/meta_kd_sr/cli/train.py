@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
-from meta_kd_sr.finite import NonFiniteError
+from meta_kd_sr.finite import NonFiniteError, finite_or_none
 from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
 from meta_kd_sr.recovery import (
@@ -119,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt:
             result["student"] = str(export_student(ckpt, output_dir / "student.pt"))
             result["benchmarks"] = _evaluate_benchmarks(cfg, result["student"])
-        text = json.dumps(_finite_or_none(result), indent=2, allow_nan=False)
+        text = json.dumps(finite_or_none(result), indent=2, allow_nan=False)
         (output_dir / "eval.json").write_text(text)
         log.info("run result: %s", text)
     _finish_wandb()
@@ -139,17 +138,6 @@ def _checkpoint_dirs(callbacks: list[Any]) -> list[Path]:
     dirs = [getattr(cb, "dirpath", None) for cb in callbacks]
     dirs += [cb.path.parent for cb in callbacks if isinstance(getattr(cb, "path", None), Path)]
     return [Path(d) for d in dirs if d]
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by ``None``: eval.json stays valid JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def _finish_wandb() -> None:
