@@ -19,6 +19,7 @@ from torch.profiler import record_function
 from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import run_iteration, train_part
 from meta_kd_sr.meta.settings import MetaSettings
 from meta_kd_sr.metrics import PSNRY, SSIMY
@@ -82,6 +83,7 @@ class SRModule(pl.LightningModule):
         self.val_tile = val_tile
         self.val_psnr, self.val_ssim = PSNRY(self.crop_border), SSIMY(self.crop_border)
         self.meta_skipped = 0  # KRNet updates skipped for a non-finite meta-gradient (saved in checkpoints)
+        self.meta_health = MetaHealth(self.meta.health_window)  # drift and noise of the KRNet updates
         self.save_hyperparameters(
             {
                 "scale": self.scale,
@@ -197,6 +199,7 @@ class SRModule(pl.LightningModule):
             self.meta,
             backward=self.manual_backward if trainer is not None else torch.Tensor.backward,
             iteration=self.global_step if trainer is not None else None,
+            health=self.meta_health,
         )
         self.meta_skipped += int(logs.get("train/meta_skip", 0))
         if self.meta_enabled:
@@ -248,15 +251,19 @@ class SRModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the teacher out of checkpoints (it is rebuilt from its path); save the KRNet skip count."""
+        """Keep the teacher out of checkpoints (it is rebuilt from its path); save the meta counters."""
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
         }
         checkpoint["meta_skipped"] = self.meta_skipped
+        if self.meta_enabled:
+            checkpoint["meta_health"] = self.meta_health.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the skip count; put the current teacher's tensors back so strict loading works."""
+        """Restore the meta counters; put the current teacher's tensors back so strict loading works."""
         self.meta_skipped = int(checkpoint.get("meta_skipped", 0))
+        if "meta_health" in checkpoint:
+            self.meta_health.load_state_dict(checkpoint["meta_health"])
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

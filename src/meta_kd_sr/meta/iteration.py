@@ -42,6 +42,7 @@ from torch.profiler import record_function
 from meta_kd_sr.ddp import all_reduce_mean, world_size
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.finite import check_grads, check_terms, first_nonfinite
+from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.settings import MetaSettings
 from meta_kd_sr.meta.step import MetaResult, ddp_grad_mean, meta_gradient, unwrap_optimizer
 
@@ -78,6 +79,7 @@ def run_iteration(
     *,
     backward: Callable[[Tensor], Any] = Tensor.backward,
     iteration: int | None = None,
+    health: MetaHealth | None = None,
 ) -> tuple[Terms, dict[str, Tensor]]:
     """One training iteration: the plain student step, or meta step, KRNet step and real student step.
 
@@ -92,10 +94,13 @@ def run_iteration(
         settings: engine, pseudo step and DDP sync of the meta step.
         backward: back-propagation of the plain step's loss (``manual_backward`` under Lightning).
         iteration: the trainer's global step, named in ``NonFiniteError`` messages.
+        health: given, fed every applied KRNet step (adds ``train/krnet_drift`` and
+            ``train/meta_noise_share`` to the logs).
 
     Returns:
         The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log
-        (``train/loss_meta``, ``train/meta_grad_norm``, ``train/meta_skip``; empty for a plain iteration).
+        (``train/loss_meta``, ``train/meta_grad_norm``, ``train/meta_skip``, and ``health``'s; empty for a
+        plain iteration).
     """
     if opt_krnet is None:
         train = train_part(batch)
@@ -105,7 +110,7 @@ def run_iteration(
     if "meta" not in batch:
         raise ValueError("a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}")
     return _meta_iteration(
-        student, distiller, teacher_out, batch, (opt_student, opt_krnet), settings, iteration
+        student, distiller, teacher_out, batch, (opt_student, opt_krnet), settings, iteration, health
     )
 
 
@@ -117,6 +122,7 @@ def _meta_iteration(
     optimizers: tuple[Any, Any],
     settings: MetaSettings,
     iteration: int | None,
+    health: MetaHealth | None,
 ) -> tuple[Terms, dict[str, Tensor]]:
     """Stages 1-4 of the module docstring, in order."""
     (sr_t, feats_t), (opt_student, opt_krnet) = teacher_out, optimizers
@@ -145,7 +151,7 @@ def _meta_iteration(
             grad_reduce=ddp_grad_mean(world) if settings.sync == "exact" and world > 1 else None,
             outputs=outputs,
         )
-        logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet)  # 3
+        logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet, health)  # 3
     with record_function("iteration/student_step"):  # 4
         terms = _real_step(result, loss_terms, distiller, opt_student, _namer(student, distiller), iteration)
     return terms, logs
@@ -174,22 +180,30 @@ def _plain_step(
     return terms
 
 
-def _krnet_step(params: list[nn.Parameter], result: MetaResult, opt_krnet: Any) -> dict[str, Tensor]:
+def _krnet_step(
+    params: list[nn.Parameter], result: MetaResult, opt_krnet: Any, health: MetaHealth | None
+) -> dict[str, Tensor]:
     """Average the meta-gradients across ranks; step the KRNets with them unless one is not finite."""
     # autograd.grad bypasses DDP's reducer: average by hand (identity on one process). The meta loss rides
     # along: a NaN in it can leave a zero gradient behind (L1's sign(NaN) is 0). Every rank decides on the
     # same averaged values, so all skip or all step.
     *grads, meta_loss = all_reduce_mean([*result.grads, result.meta_loss])
     skip = first_nonfinite([*grads, meta_loss]) is not None
+    health_logs: dict[str, Tensor] = {}
     if not skip:
+        if health is not None and health.phi0 is None:
+            health.start(params)
         raw = unwrap_optimizer(opt_krnet)
         for p, g in zip(params, grads):
             p.grad = g.to(p.dtype)
         raw.step()  # the raw step keeps trainer.global_step counting student steps, i.e. iterations
         raw.zero_grad(set_to_none=True)
+        if health is not None:
+            health_logs = health.update(params, grads)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     skipped = torch.tensor(float(skip))
-    return {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm, "train/meta_skip": skipped}
+    logs = {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm, "train/meta_skip": skipped}
+    return logs | health_logs
 
 
 def _real_step(

@@ -33,6 +33,8 @@ class MetaSettings:
             theta' from each rank's own batch (one collective less per meta step; an approximation: the
             KRNets still get the rank-averaged meta-gradient and stay identical, but the meta-gradient is
             that of N pseudo steps on batches of b, not of one on N*b). Same result on one process.
+        health_window: time constant, in meta steps, of the meta-gradient noise share that
+            ``meta.health.MetaHealth`` logs (``train/meta_noise_share``).
     """
 
     enabled: bool = True
@@ -45,6 +47,7 @@ class MetaSettings:
     lr: float = 1e-4
     betas: Sequence[float] = (0.9, 0.999)
     sync: str = "exact"
+    health_window: int = 50
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -55,6 +58,8 @@ class MetaSettings:
             raise ValueError(f"meta.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.sync not in ("exact", "local"):
             raise ValueError(f"meta.sync must be 'exact' or 'local', got {self.sync!r}")
+        if self.health_window < 2:
+            raise ValueError(f"meta.health_window must be >= 2 meta steps, got {self.health_window}")
         self.betas = tuple(float(b) for b in self.betas)
         self.step_settings = PseudoStep(kind=self.pseudo, alpha=self.alpha, lr_factor=self.lr_factor)
 
