@@ -66,6 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import pipeline, runner  # noqa: E402
+from quality.health import summarize_run as summarize_health  # noqa: E402
 from quality.heldout import HELDOUT, HeldoutPhotos, check_disjoint  # noqa: E402
 from quality.plan import FULL, QUICK, Sizes, student_spec, teacher_spec  # noqa: E402
 from quality.report import markdown, plot_front, summarize  # noqa: E402
@@ -97,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only time every configuration interleaved in this process and project the budget",
     )
     parser.add_argument("--measure-iterations", type=int, default=16)
+    parser.add_argument(
+        "--no-explore",
+        dest="explore",
+        action="store_false",
+        help="leave out the exploration runs not yet finished (report the finished ones)",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 0:
         raise SystemExit(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
@@ -174,8 +181,10 @@ def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespac
     from meta_kd_sr.inference import upscale_bicubic
 
     dataset = HeldoutPhotos(HELDOUT, SCALE)
-    students = [*runs["students"], *runs["equal_time"]]
+    students = [*runs["students"], *runs["equal_time"], *runs["explore"]]
     teacher, *evaluated = pipeline.evaluate_all(ctx, [runs["teacher"], *students], dataset)
+    for record in evaluated:
+        record["meta_health"] = summarize_health(record["run_dir"], record["iterations"])
     bicubic = score_dataset(lambda lq: upscale_bicubic(lq, SCALE), dataset, SCALE)
     margin = pipeline.teacher_margin(teacher, evaluated, TEACHER_MARGIN_DB)
     verdict = "ok" if margin["ok"] else f"FAILS: below {TEACHER_MARGIN_DB} dB, little to distil"
@@ -251,7 +260,7 @@ def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     teacher_threads = args.jobs * args.threads if args.threads else None
-    runs = pipeline.run_all(ctx, teacher_threads)
+    runs = pipeline.run_all(ctx, teacher_threads, explore=args.explore)
     result = collect(ctx, runs, args)
     files = write_outputs(result, args.out)
     print()

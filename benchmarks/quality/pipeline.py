@@ -59,9 +59,10 @@ def run_phase(
         if record["iterations"] != spec.iterations:
             raise RuntimeError(f"run {spec.name} stopped at {record['iterations']} of {spec.iterations} its")
         what = "trained" if record["launched"] else "finished earlier, skipped:"
+        cpu = "" if record["cpu_s_per_it"] is None else f", CPU {record['cpu_s_per_it']:.4f} s/it"
         ctx.log(
             f"  {spec.name}: {what} {record['iterations']} it, {record['train_s']:.0f} s "
-            f"({record['s_per_it']:.4f} s/it)"
+            f"({record['s_per_it']:.4f} s/it{cpu})"
         )
         return record
 
@@ -98,22 +99,25 @@ def calibration_specs(ctx: Context) -> list[RunSpec]:
 
 
 def equal_time_budget(ctx: Context, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """MKD's mean training seconds and the iterations each equal-time method gets in them.
+    """MKD's mean training CPU seconds and the iterations each equal-time method gets in them.
 
-    Computed once from the equal-iteration and calibration runs and kept in ``<cache>/equal_time.json``,
-    so a resumed benchmark trains exactly the runs it started.
+    The budget is CPU time (one torch thread per run: the wall time of an idle core), so a machine that
+    is busy with other work while the benchmark runs does not bias it. Computed once from the
+    equal-iteration and calibration runs and kept in ``<cache>/equal_time.json``, so a resumed benchmark
+    trains exactly the runs it started.
     """
     path = ctx.cache / "equal_time.json"
     if path.is_file():
         return json.loads(path.read_text())
     rate: dict[str, list[float]] = {}
     for r in records:
-        rate.setdefault(r["method"], []).append(r["s_per_it"])
+        rate.setdefault(r["method"], []).append(r["cpu_s_per_it"])
     mkd_s = statistics.fmean(
-        r["train_s"] for r in records if r["method"] == "mkd" and r["group"] != "calibration"
+        r["train_cpu_s"] for r in records if r["method"] == "mkd" and r["group"] == "equal_iterations"
     )
     s_per_it = {m: statistics.fmean(v) for m, v in rate.items()}
     budget = {
+        "clock": "cpu",
         "mkd_train_s": mkd_s,
         "s_per_it": {m: s_per_it[m] for m in ctx.sizes.equal_time},
         "iterations": {
@@ -131,6 +135,16 @@ def equal_time_specs(ctx: Context, budget: dict[str, Any]) -> list[RunSpec]:
         student_spec(s, m, seed, budget["iterations"][m], "equal_time", ctx.teacher_ckpt)
         for seed in s.seeds
         for m in s.equal_time
+    ]
+
+
+def explore_specs(ctx: Context) -> list[RunSpec]:
+    """The exploration variants at the equal-iteration budget, every seed."""
+    s = ctx.sizes
+    return [
+        student_spec(s, m, seed, s.iterations, "explore", ctx.teacher_ckpt)
+        for seed in s.seeds
+        for m in s.explore
     ]
 
 
@@ -192,18 +206,28 @@ def teacher_margin(teacher: dict[str, Any], records: Sequence[dict[str, Any]], r
     }
 
 
-def run_all(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
-    """Train everything that is not finished; return the records of each phase (not yet evaluated)."""
+def run_all(ctx: Context, threads_teacher: int | None, explore: bool = True) -> dict[str, Any]:
+    """Train everything that is not finished; return the records of each phase (not yet evaluated).
+
+    ``explore=False`` leaves out the exploration phase (its finished runs are still reported).
+    """
     teacher = run_phase(ctx, "teacher", [teacher_spec(ctx.sizes)], threads=threads_teacher, jobs=1)[0]
     students = run_phase(ctx, "equal iterations", equal_iteration_specs(ctx))
     calibration = run_phase(ctx, "calibration", calibration_specs(ctx)) if calibration_specs(ctx) else []
     budget = equal_time_budget(ctx, [*students, *calibration])
     ctx.log(
-        f"equal time: MKD trains {budget['mkd_train_s']:.0f} s; iterations "
+        f"equal time: MKD trains {budget['mkd_train_s']:.0f} CPU s; iterations "
         + ", ".join(f"{m} {n}" for m, n in budget["iterations"].items())
     )
     same_time = run_phase(ctx, "equal time", equal_time_specs(ctx, budget))
+    explored = explore_specs(ctx)
+    if explored and not explore:
+        finished = [s for s in explored if runner.run_state(runner.run_dir(ctx.cache, s)) == "finished"]
+        ctx.log(f"phase explore left out (--no-explore): {len(finished)} of {len(explored)} runs finished")
+        explored = finished
+    explored_runs = run_phase(ctx, "explore", explored) if explored else []
     return {
+        "explore": explored_runs,
         "teacher": teacher,
         "students": students,
         "calibration": calibration,

@@ -35,7 +35,15 @@ MKD_VARIANTS: dict[str, tuple[str, ...]] = {
     "mkd_hidden16": ("experiment=tiny_mkd", "distill.loss.hidden=16"),
     "mkd_kernels2": ("experiment=tiny_mkd", "distill.loss.n_kernels=2"),
 }
-ALL_METHODS = {**METHODS, **MKD_VARIANTS}
+# Exploration at equal iterations: what might make the meta-learning (mkd) beat frozen KRNets (mkd_frozen).
+# "{half}" is replaced by half the run's iterations.
+EXPLORE: dict[str, tuple[str, ...]] = {
+    "mkd_metalr1e-3": ("experiment=tiny_mkd", "meta.lr=1e-3"),  # KRNet Adam 10x faster
+    "mkd_alpha1": ("experiment=tiny_mkd", "meta.alpha=1.0"),  # a 10x larger pseudo step
+    "mkd_adamstate": ("experiment=tiny_mkd", "meta.pseudo=adam_state"),  # pseudo step = the real Adam step
+    "mkd_late": ("experiment=tiny_mkd", "meta.warmup_steps={half}"),  # frozen KRNets, meta-learned from half
+}
+ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE}
 COMMON = (
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -56,7 +64,8 @@ class Sizes:
         lq_patch, batch, lr: the students' LR patch side, batch and peak learning rate.
         seeds: the paired seeds.
         methods: equal-iteration methods (keys of ``METHODS``; ``none`` and ``mkd`` are required).
-        equal_time: methods given MKD's wall time (keys of ``ALL_METHODS``).
+        equal_time: methods given MKD's training time (keys of ``ALL_METHODS``).
+        explore: MKD variants at the equal-iteration budget (keys of ``EXPLORE``).
         calibration_iterations: length of the timing runs of the equal-time variants without an
             equal-iteration run.
         round_to: equal-time iteration counts are rounded to a multiple of this.
@@ -76,6 +85,7 @@ class Sizes:
     methods: tuple[str, ...]
     equal_time: tuple[str, ...]
     calibration_iterations: int
+    explore: tuple[str, ...] = ()
     round_to: int = 10
     resume_every: int = 500
     extra: tuple[str, ...] = field(default=())
@@ -86,6 +96,7 @@ class Sizes:
                 raise ValueError(f"methods must include {name!r} (the references), got {self.methods}")
         unknown = [m for m in self.methods if m not in METHODS]
         unknown += [m for m in self.equal_time if m not in ALL_METHODS]
+        unknown += [m for m in self.explore if m not in EXPLORE]
         if unknown:
             raise ValueError(f"unknown methods {unknown}: choose from {sorted(ALL_METHODS)}")
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
@@ -100,11 +111,11 @@ class Sizes:
 FULL = Sizes(
     student=(8, 3),
     teacher=(32, 8),
-    teacher_iterations=10000,
+    teacher_iterations=6000,
     teacher_lq_patch=16,
     teacher_batch=16,
     teacher_lr=1e-3,
-    iterations=2000,
+    iterations=1000,
     lq_patch=16,
     batch=16,
     lr=3e-3,
@@ -112,6 +123,7 @@ FULL = Sizes(
     methods=tuple(METHODS),
     equal_time=("none", "output", "fakd", *MKD_VARIANTS),
     calibration_iterations=100,
+    explore=tuple(EXPLORE),
 )
 # --quick: the pipeline end to end in about a minute (tiny sizes; no quality to read from it).
 QUICK = Sizes(
@@ -129,6 +141,7 @@ QUICK = Sizes(
     methods=("none", "mkd"),
     equal_time=("none",),
     calibration_iterations=4,
+    explore=("mkd_late",),
     round_to=1,
     resume_every=4,
 )
@@ -140,7 +153,7 @@ class RunSpec:
 
     name: str
     method: str
-    group: str  # teacher | equal_iterations | calibration | equal_time
+    group: str  # teacher | equal_iterations | calibration | equal_time | explore
     seed: int
     iterations: int
     overrides: tuple[str, ...]
@@ -184,7 +197,7 @@ def student_spec(
     """A student run of ``method`` (a key of ``ALL_METHODS``) for ``iterations`` with ``seed``."""
     feats, blocks = sizes.student
     t_feats, t_blocks = sizes.teacher
-    base = ALL_METHODS[method]
+    base = tuple(o.replace("{half}", str(iterations // 2)) for o in ALL_METHODS[method])
     teacher = (
         ()
         if method == "none"
@@ -206,7 +219,7 @@ def student_spec(
         *COMMON,
         *sizes.extra,
     )
-    tag = {"equal_iterations": "", "equal_time": "-time", "calibration": "-calib"}[group]
+    tag = {"equal_iterations": "", "equal_time": "-time", "calibration": "-calib", "explore": ""}[group]
     return RunSpec(f"{method}{tag}-s{seed}-n{iterations}", method, group, seed, iterations, overrides)
 
 

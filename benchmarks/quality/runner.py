@@ -189,10 +189,15 @@ def _append_launch(directory: Path, state: str, seconds: float, code: int) -> No
 
 
 def read_run(spec: RunSpec, directory: Path) -> dict[str, Any]:
-    """What a finished run left: student file, iterations, training seconds and s/it, process seconds."""
+    """What a finished run left: student file, iterations, training wall and CPU s/it, process seconds.
+
+    ``cpu_s_per_it`` is ``None`` for a run timed without CPU time (a segment from an older timer).
+    """
     result = json.loads((directory / "eval.json").read_text())
     segments = read_segments(directory / "timing" / "timing.json")
     s_per_it = seconds_per_iteration(segments)
+    timed_cpu = all("cpu_seconds" in s for s in segments)
+    cpu_s_per_it = seconds_per_iteration(segments, "cpu_seconds") if timed_cpu else None
     launches_path = directory / "bench_launches.json"
     launches = json.loads(launches_path.read_text()) if launches_path.is_file() else []
     return {
@@ -204,6 +209,8 @@ def read_run(spec: RunSpec, directory: Path) -> dict[str, Any]:
         "student": result["student"],
         "s_per_it": s_per_it,
         "train_s": s_per_it * int(result["iterations"]),
+        "cpu_s_per_it": cpu_s_per_it,
+        "train_cpu_s": None if cpu_s_per_it is None else cpu_s_per_it * int(result["iterations"]),
         "process_s": sum(launch["seconds"] for launch in launches),
         "launches": len(launches),
         "run_dir": str(directory),

@@ -76,12 +76,19 @@ def beyond_noise(diff: Mapping[str, Any]) -> bool:
     return low > 0 or high < 0
 
 
-def seconds_per_iteration(segments: Sequence[Mapping[str, Any]]) -> float:
+def seconds_per_iteration(segments: Sequence[Mapping[str, Any]], key: str = "seconds") -> float:
     """Training seconds per iteration over the timing segments of a run (every process of it).
 
     Iterations a resumed run replayed count in both sums, so the rate stays that of the machine.
+
+    Args:
+        segments: the run's timing segments (``quality.timing``).
+        key: ``seconds`` (wall time) or ``cpu_seconds`` (the process's CPU time).
     """
     iterations = sum(int(s["iterations"]) for s in segments)
     if iterations <= 0:
         raise ValueError(f"no timed iterations in {len(segments)} timing segment(s): {list(segments)}")
-    return sum(float(s["seconds"]) for s in segments) / iterations
+    missing = [s for s in segments if key not in s]
+    if missing:
+        raise ValueError(f"timing segment(s) without {key!r}: {missing}")
+    return sum(float(s[key]) for s in segments) / iterations

@@ -16,10 +16,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from quality import pipeline, runner
+from quality.health import summarize_run as summarize_health
 from quality.heldout import HELDOUT, check_disjoint
 from quality.measure import random_teacher
 from quality.plan import QUICK, RunSpec, round_iterations, student_spec
-from quality.report import markdown, summarize, table
+from quality.report import explore_table, markdown, summarize, table
 from quality.stats import beyond_noise, mean_sd, paired_difference, seconds_per_iteration
 from scipy import stats as scipy_stats
 
@@ -84,6 +85,7 @@ def test_equal_time_iterations():
 
 
 def _record(method: str, group: str, seed: int, psnr: float, s_per_it: float = 0.1, iterations: int = 100):
+    """A run record; its wall time reads 20 % above its CPU time (a busy machine)."""
     return {
         "method": method,
         "group": group,
@@ -91,18 +93,21 @@ def _record(method: str, group: str, seed: int, psnr: float, s_per_it: float = 0
         "iterations": iterations,
         "psnr_y": psnr,
         "ssim_y": psnr / 100,
-        "s_per_it": s_per_it,
-        "train_s": s_per_it * iterations,
+        "s_per_it": 1.2 * s_per_it,
+        "train_s": 1.2 * s_per_it * iterations,
+        "cpu_s_per_it": s_per_it,
+        "train_cpu_s": s_per_it * iterations,
         "process_s": s_per_it * iterations + 10,
+        "meta_health": None,
     }
 
 
-def test_equal_time_budget_is_computed_once(tmp_path):
+def test_equal_time_budget_is_computed_once_in_cpu_time(tmp_path):
     ctx = pipeline.Context(tmp_path, QUICK, 1, 1, tmp_path / "log")
     records = [_record("none", "equal_iterations", s, 20.0, 0.1) for s in (0, 1)]
-    records += [_record("mkd", "equal_iterations", s, 20.0, 0.5) for s in (0, 1)]  # 50 s per MKD run
+    records += [_record("mkd", "equal_iterations", s, 20.0, 0.5) for s in (0, 1)]  # 50 CPU s per MKD run
     budget = pipeline.equal_time_budget(ctx, records)
-    assert budget["mkd_train_s"] == pytest.approx(50.0)
+    assert budget["mkd_train_s"] == pytest.approx(50.0) and budget["clock"] == "cpu"
     assert budget["iterations"] == {"none": 500}
     # a rerun trains the runs it started, even when the timings it is given changed
     assert pipeline.equal_time_budget(ctx, records[:1] + records[2:3]) == budget
@@ -126,7 +131,7 @@ def test_summary_rows_and_table():
     got = rows["mkd"]["vs_scratch"]["psnr_y"]
     assert got["ci"] == pytest.approx(expected["ci"]) and got["t"] == pytest.approx(expected["t"])
     assert rows["mkd"]["psnr_y"]["mean"] == pytest.approx((26.95 + 27.10 + 27.00) / 3)
-    assert rows["mkd"]["train_s"] == pytest.approx(50.0)
+    assert rows["mkd"]["train_cpu_s"] == pytest.approx(50.0) and rows["mkd"]["train_s"] == pytest.approx(60.0)
     # equal time: MKD (its equal-iteration runs) against scratch given the same time
     timed = {r["method"]: r for r in summary["equal_time"]}
     assert timed["mkd"]["vs_scratch"]["psnr_y"]["mean"] == pytest.approx(expected["mean"] - 0.4, abs=1e-9)
@@ -134,9 +139,52 @@ def test_summary_rows_and_table():
     lines = {line.split(" | ")[0]: line for line in table(summary["equal_iterations"])}
     # MKD - scratch: d = (0.15, 0.28, 0.19), mean 0.207, CI excludes 0 (marked *), t = 5.38
     assert lines["| mkd"] == (
-        "| mkd | 100 | 27.017 ± 0.076 | 0.2702 ± 0.0008 | +0.207 [+0.041, +0.372] * | 5.38 | 0.5000 | 50 |"
+        "| mkd | 100 | 27.017 ± 0.076 | 0.2702 ± 0.0008 | +0.207 [+0.041, +0.372] * | 5.38 | 0.5000 | 50 "
+        "| 60 |"
     )
     assert "(reference)" in lines["| none"]
+
+
+def test_explore_rows_compare_with_frozen_krnets_and_mkd():
+    records = []
+    scores = [(27.00, 27.02, 27.20), (27.10, 27.05, 27.25), (27.05, 27.07, 27.3)]
+    for seed, (frozen, mkd, fast) in enumerate(scores):
+        records += [
+            _record("none", "equal_iterations", seed, 26.8),
+            _record("mkd", "equal_iterations", seed, mkd, 0.5),
+            _record("mkd_frozen", "equal_iterations", seed, frozen, 0.3),
+            _record("mkd_metalr1e-3", "explore", seed, fast, 0.5),
+        ]
+    rows = {r["method"]: r for r in summarize(records)["explore"]}
+    assert list(rows) == ["mkd", "mkd_frozen", "mkd_metalr1e-3"]
+    assert rows["mkd"]["reference"] and rows["mkd_frozen"]["vs_frozen"] is None
+    expected = paired_difference({0: 27.20, 1: 27.25, 2: 27.3}, {0: 27.00, 1: 27.10, 2: 27.05})
+    assert rows["mkd_metalr1e-3"]["vs_frozen"]["psnr_y"]["ci"] == pytest.approx(expected["ci"])
+    assert rows["mkd"]["vs_frozen"]["psnr_y"]["mean"] == pytest.approx((0.02 - 0.05 + 0.02) / 3)
+    result = {"summary": summarize(records)}
+    lines = {line.split(" | ")[0]: line for line in explore_table(result["summary"]["explore"])}
+    row = "| mkd_metalr1e-3 | 27.250 ± 0.050 | 0.2725 ± 0.0005 | +0.200"
+    assert lines["| mkd_metalr1e-3"].startswith(row)
+    assert "(reference)" in lines["| mkd_frozen"]
+
+
+def test_meta_health_summary_from_the_csv_log(tmp_path):
+    run = tmp_path / "run"
+    (run / "csv" / "version_0").mkdir(parents=True)
+    rows = ["step,train/loss,train/meta_grad_norm,train/krnet_drift,train/meta_noise_share"]
+    for step in range(0, 100, 5):  # 20 logged meta steps; the noise share from step 50 on
+        noise = "" if step < 50 else str(0.5 + step / 1000)
+        rows.append(f"{step},1.0,{1e-5 / (1 + step)},{step / 1000},{noise}")
+    rows.append("99,0.9,,,")  # a logging step without a meta step
+    (run / "csv" / "version_0" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    health = summarize_health(run, 100)
+    assert health["logged_meta_steps"] == 20
+    assert health["grad_norm_start"] == pytest.approx((1e-5 + 1e-5 / 6) / 2)  # first tenth: steps 0, 5
+    assert health["grad_norm_end"] == pytest.approx((1e-5 / 91 + 1e-5 / 96) / 2)
+    assert health["drift_end"] == pytest.approx(0.095)
+    assert health["noise_share_second_half"] == pytest.approx(0.5 + 0.0725)  # steps 50..95
+    (run / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    assert summarize_health(run, 100) is None
 
 
 # ------------------------------------------------------------------------------------- resume logic
@@ -237,10 +285,20 @@ def test_quick_writes_results_with_the_schema(quick_run):
     assert sorted((r["method"], r["group"], r["seed"]) for r in runs) == sorted(
         [(m, "equal_iterations", s) for m in QUICK.methods for s in QUICK.seeds]
         + [(m, "equal_time", s) for m in QUICK.equal_time for s in QUICK.seeds]
+        + [(m, "explore", s) for m in QUICK.explore for s in QUICK.seeds]
     )
     for r in runs:
         assert isinstance(r["psnr_y"], float) and 0 < r["ssim_y"] < 1
         assert r["s_per_it"] > 0 and r["train_s"] == pytest.approx(r["s_per_it"] * r["iterations"])
+        assert r["cpu_s_per_it"] > 0
+        assert r["train_cpu_s"] == pytest.approx(r["cpu_s_per_it"] * r["iterations"])
+        if r["method"] == "none":
+            assert r["meta_health"] is None
+        if r["method"] == "mkd":  # a meta step every iteration, logged every iteration
+            assert r["meta_health"]["logged_meta_steps"] == r["iterations"]
+            assert r["meta_health"]["grad_norm_start"] > 0 and r["meta_health"]["drift_end"] > 0
+        if r["method"] == "mkd_late":  # meta-learned from half the run: 3 of 6 iterations
+            assert r["meta_health"]["logged_meta_steps"] == r["iterations"] // 2
     eq_time = {r["method"]: r for r in result["summary"]["equal_time"]}
     assert eq_time["none"]["iterations"] == result["budget"]["iterations"]["none"]
     mkd = {r["method"]: r for r in result["summary"]["equal_iterations"]}["mkd"]
@@ -250,6 +308,7 @@ def test_quick_writes_results_with_the_schema(quick_run):
         assert diff["ci"][0] <= diff["mean"] <= diff["ci"][1]
     text = (quick_run / "quality.md").read_text()
     assert result["git_commit"] in text and "| method | iterations | PSNR_y (dB) |" in text
+    assert "## Explore" in text and "| mkd_late |" in text and "## Meta signal" in text
     assert (quick_run / "quality_front.png").read_bytes()[:4] == b"\x89PNG"
     assert (quick_run / "cache" / "bench_quality.log").read_text().count("phase") >= 8
 
@@ -276,3 +335,22 @@ def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypa
     assert len(launches) == 1 and f"resume={killed / 'checkpoints' / 'last.ckpt'}" in launches[0]
     assert [r["psnr_y"] for r in resumed["runs"]] == [r["psnr_y"] for r in before["runs"]]
     assert markdown(resumed).count("\n") > 10
+
+
+def test_no_explore_reports_only_the_finished_exploration_runs(quick_run, monkeypatch):
+    before = json.loads((quick_run / "quality.json").read_text())
+    explored = [r for r in before["runs"] if r["group"] == "explore"]
+    (Path(explored[0]["run_dir"]) / "eval.json").unlink()
+    launches: list[list[str]] = []
+    real_popen = runner.subprocess.Popen
+
+    def counting_popen(cmd, *args, **kwargs):
+        if "meta_kd_sr.cli.train" in cmd:
+            launches.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    result = bench_quality.main(["--quick", "--out", str(quick_run), "--no-explore"])
+    assert launches == []
+    names = [r["name"] for r in result["runs"] if r["group"] == "explore"]
+    assert names == [r["name"] for r in explored[1:]]
