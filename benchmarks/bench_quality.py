@@ -8,44 +8,52 @@ Every training is a subprocess of ``python -m meta_kd_sr.cli.train`` (Hydra over
 2. Equal iterations: ``none, output, fitnet, at, fsp, fakd, mkd, mkd_frozen, mkd_static, mkd_nocorr``,
    every seed; the same ``seed=`` gives every method the same student initialisation and data stream.
 3. Calibration: short timing runs of the equal-time variants that have no equal-iteration run.
-4. Equal wall time: scratch, output KD, FAKD, MKD with ``meta.every_n_steps`` 2/4/8 and with cheaper KRNets
-   (``distill.loss.hidden=16``, ``distill.loss.n_kernels=2``) get the iterations that MKD's mean training
-   time allows at their own measured s/it (kept in ``<cache>/equal_time.json``).
-5. Evaluation, statistics (mean ± sd; paired difference to scratch and to MKD with a 95 % t interval),
-   ``quality.json``, ``quality.md`` and ``quality_front.png`` in ``--out``.
+4. Equal training time: scratch, output KD, FAKD, MKD with ``meta.every_n_steps`` 2/4/8 and with cheaper
+   KRNets (``distill.loss.hidden=16``, ``distill.loss.n_kernels=2``) get the iterations that MKD's mean
+   training CPU time allows at their own measured CPU s/it (kept in ``<cache>/equal_time.json``).
+5. Explore: MKD variants at equal iterations (``quality.plan.EXPLORE``: KRNet lr x10, pseudo step x10, the
+   real Adam step as pseudo step, meta-learning from half the run), each against ``mkd_frozen`` and MKD.
+6. Evaluation, statistics (mean ± sd; paired difference to scratch, MKD and mkd_frozen with a 95 % t
+   interval), the meta signal of every meta-learned run (``quality.health``), ``quality.json``,
+   ``quality.md`` and ``quality_front.png`` in ``--out``.
 
 Resumable: a finished run (``eval.json`` in its dir) is skipped, a killed one continues from
 ``checkpoints/last.ckpt`` with ``resume=``. In the background::
 
     nohup make bench-quality > bench_quality.out 2>&1 &     # also logged to <cache>/bench_quality.log
 
+``--no-explore`` reports without the exploration runs that have not finished.
+
 Timing: each run times its own training iterations (``quality/timing.py``: start-up, validation and
-export excluded); wall s = iterations x s/it. ``--jobs 2 --threads 1`` (the default) runs two trainings at
-a time with one torch thread each: tiny networks gain little from a second thread, so two single-thread
+export excluded), as wall time and as CPU time. ``--jobs 2 --threads 1`` (the default) runs two trainings
+at a time with one torch thread each: tiny networks gain little from a second thread, so two single-thread
 runs on two cores finish the set about twice as fast, and every run (MKD included) is timed alike. The
-teacher trains alone with ``jobs x threads`` threads.
+equal-time budget is CPU time: with one thread it equals the wall time of an idle core, and other work on
+the machine does not change it (it only slows the benchmark down). The teacher trains alone with
+``jobs x threads`` threads.
 
 Sizing of the full run (``FULL`` in ``quality/plan.py``) for <= 3 h on 2 quiet cores
-(student EDSR 8 ch x 3 blocks, teacher EDSR 32 x 8, LR patch 16, batch 16, 3 seeds, N = 2000 iterations).
+(student EDSR 8 ch x 3 blocks, teacher EDSR 32 x 8, LR patch 16, batch 16, 3 seeds, N = 1000 iterations).
 
 - Rates, from ``--measure`` (all configurations interleaved in one process, one thread, CPU time): scratch
-  0.0275 s/it on a quiet core (wall = CPU time at load ~2); ratios to scratch, measured at load 8 (where
-  CPU times read ~20 % high, alike for all): output 2.61, fitnet 1.70, at 1.63, fsp 1.79, fakd 3.54,
-  mkd 8.43, mkd_frozen 3.12, mkd_static 6.25, mkd_nocorr 7.71 (the ten sum to 37.8); the teacher's
-  training iteration 4.65.
-- Equal iterations: 3 seeds x 2000 x 0.0275 s x 37.8 = 6200 core-s.
-- Equal time: an MKD run trains 2000 x 0.0275 x 8.43 = 464 s; 8 methods x 3 seeds x 464 s = 11100 core-s.
-- Calibration (5 x 100 iterations) ~100 core-s; start-up, validation and export ~15 s a run x 60 runs
-  = 900 core-s. Students: 18300 core-s on 2 cores = 9150 s.
-- Teacher: 10000 x 0.0275 x 4.65 = 1280 s on one core (it gets both). Held-out evaluation ~200 s.
-- Total about 10600 s = 2.9 h.
+  0.0275 s/it on a quiet core; ratios to scratch (measured at load 8, where CPU times read ~20 % high,
+  alike for all): output 2.61, fitnet 1.70, at 1.63, fsp 1.79, fakd 3.54, mkd 8.43, mkd_frozen 3.12,
+  mkd_static 6.25, mkd_nocorr 7.71 (the ten sum to 37.8); the teacher's training iteration 4.65.
+- Equal iterations: 3 seeds x 1000 x 0.0275 s x 37.8 = 3100 core-s.
+- Equal time: an MKD run trains 1000 x 0.0275 x 8.43 = 232 s; 8 methods x 3 seeds x 232 s = 5600 core-s.
+- Explore: 4 variants x 3 seeds x ~232 s = 2800 core-s.
+- Calibration (5 x 100 iterations) ~100 core-s; start-up, validation and export ~15 s a run x 72 runs
+  = 1100 core-s. Students: 12700 core-s on 2 cores = 6350 s.
+- Teacher: 6000 x 0.0275 x 4.65 = 770 core-s (it gets both cores). Held-out evaluation ~200 s.
+- Total about 7100 s = 2.0 h.
 
 Why these sizes (held-out PSNR_y over the 8 photos, from single CLI runs; bicubic 28.05 dB): scratch 8 x 3
 with lr 1e-3 reached 28.17 / 28.44 / 28.62 / 28.67 dB after 1000 / 2000 / 4000 / 8000 iterations; with
-lr 3e-3, 28.67 after 2000 and 28.69 after 4000, so N = 2000 at lr 3e-3 is within ~0.02 dB of the plateau
-(and the equal-time scratch runs, 2000 x 8.43 = 16900 iterations, are the converged student). The
-32 x 8 teacher (lr 1e-3, 12000 iterations) scored 29.63 dB (29.44 at iteration 5000 of that schedule):
-about 0.9 dB over the converged student, where the benchmark requires 0.5.
+lr 3e-3, 28.67 after 2000 and 28.69 after 4000. N = 1000 at lr 3e-3 is short of the plateau, the regime
+where distillation can speed a student up; the equal-time scratch runs (1000 x 8.43 = about 8400
+iterations) are the converged student. The 32 x 8 teacher (lr 1e-3, 12000 iterations) scored 29.63 dB
+(29.44 at iteration 5000 of that schedule): about 0.9 dB over the converged student, where the benchmark
+requires 0.5; 6000 iterations with a cosine schedule keep that margin at half the cost (the run reports it).
 """
 
 from __future__ import annotations
