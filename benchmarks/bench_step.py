@@ -51,8 +51,9 @@ from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.models.edsr import EDSR
 from meta_kd_sr.module import SRModule
 
-VARIANTS = ("output KD", "MKD higher", "MKD func")
+VARIANTS = ("output KD", "MKD higher", "MKD func", "output KD bf16", "MKD higher bf16")
 EXTRA_VARIANTS = ("KRNet KD",)
+BF16 = " bf16"  # suffix: the variant under bf16 autocast (what trainer.precision=bf16-mixed runs)
 OPT_IN_VARIANTS = ("MKD reference",)  # only through --variants
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS + OPT_IN_VARIANTS
 ENGINE = {"MKD higher": "higher", "MKD func": "func", "MKD reference": "reference"}
@@ -86,7 +87,13 @@ def photo_batches(
 
 
 def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
-    """Module, optimizers and batches of one variant; returns ``step(i)`` running training iteration ``i``."""
+    """Module, optimizers and batches of one variant; returns ``step(i)`` running training iteration ``i``.
+
+    A name ending in " bf16" is the variant without the suffix, its iteration run under bf16 autocast (the
+    weights and optimizer states stay float32, as under ``trainer.precision=bf16-mixed``).
+    """
+    bf16 = name.endswith(BF16)
+    name = name.removesuffix(BF16)
     torch.manual_seed(0)
     student = EDSR(SCALE, n_feats=args.student_feats, n_blocks=args.student_blocks)
     teacher = EDSR(SCALE, n_feats=args.teacher_feats, n_blocks=args.teacher_blocks, res_scale=0.1)
@@ -120,7 +127,8 @@ def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:
         if opt_krnet is not None:
             meta_lq, meta_gt = meta[i % len(meta)]
             batch = {"train": batch, "meta": {"lq": meta_lq, "gt": meta_gt}}
-        module.iteration(batch, opts[0], opt_krnet)
+        with torch.autocast(lq.device.type, dtype=torch.bfloat16, enabled=bf16):
+            module.iteration(batch, opts[0], opt_krnet)
 
     return step
 
@@ -184,7 +192,8 @@ def header(args: argparse.Namespace) -> str:
     return "\n".join(
         [
             f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
-            f"torch threads {torch.get_num_threads()}, jemalloc preloaded: {jemalloc}, float32, CPU",
+            f"torch threads {torch.get_num_threads()}, jemalloc preloaded: {jemalloc}, float32 (variants "
+            "'... bf16': bf16 autocast, float32 weights), CPU",
             f"x{SCALE}: student EDSR {args.student_feats} ch x {args.student_blocks} blocks, teacher EDSR "
             f"{args.teacher_feats} ch x {args.teacher_blocks} blocks (random weights), batch {args.batch}, "
             f"LR patch {args.patch} (HR {SCALE * args.patch}); MKD: 3 KRNets (8 kernels 3x3, hidden 64, "
@@ -199,14 +208,14 @@ def report(names: list[str], times: dict[str, list[float]], memory: dict[str, in
     """The table: median seconds per iteration, ratios to output KD (and to KRNet KD when timed), memory."""
     base = names[0]  # the reference: output KD by default
     rows = [
-        f"{'variant':<17} {'median s/it':>11} {'min':>7} {'max':>7} {'time x':>7} {'paired x':>8} "
+        f"{'variant':<19} {'median s/it':>11} {'min':>7} {'max':>7} {'time x':>7} {'paired x':>8} "
         f"{'peak MiB':>8} {'mem x':>6}"
     ]
     for name in names:
         t = times[name]
         paired = statistics.median(a / b for a, b in zip(t, times[base]))  # same round: drift cancels
         med, ratio = statistics.median(t), statistics.median(t) / statistics.median(times[base])
-        row = f"{name:<17} {med:11.3f} {min(t):7.3f} {max(t):7.3f} {ratio:6.2f}x {paired:7.2f}x"
+        row = f"{name:<19} {med:11.3f} {min(t):7.3f} {max(t):7.3f} {ratio:6.2f}x {paired:7.2f}x"
         if memory:
             row += f" {memory[name] / 2**20:8.0f} {memory[name] / memory[base]:5.2f}x"
         rows.append(row)
@@ -214,6 +223,11 @@ def report(names: list[str], times: dict[str, list[float]], memory: dict[str, in
         f"x: ratio to {base} (time: of the medians; paired: median over rounds of the per-round ratio). "
         "Target for MKD: <= 1.6x time, <= 1.5x memory."
     )
+    for name in names:
+        if name.endswith(BF16) and name.removesuffix(BF16) in times:
+            fp32 = name.removesuffix(BF16)
+            pair = statistics.median(a / b for a, b in zip(times[name], times[fp32]))
+            rows.append(f"{name} / {fp32} (bf16 autocast over float32), paired: {pair:.2f}x")
     if "KRNet KD" in times and "MKD higher" in times:
         krnet = [a / b for a, b in zip(times["MKD higher"], times["KRNet KD"])]
         rows.append(

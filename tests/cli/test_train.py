@@ -85,6 +85,30 @@ def test_each_method_trains_student_and_leaves_teacher_untouched(tmp_path, tiny_
         assert not moved
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_in_bf16_mixed(tmp_path, tiny_teacher_ckpt, method):
+    """``trainer.precision=bf16-mixed``: every method trains, the meta step included, weights stay float32."""
+    cfg = compose_train(tmp_path, [*_kd_overrides(method, tiny_teacher_ckpt), "trainer.precision=bf16-mixed"])
+    module, trainer, checkpoint = _fit(cfg, tmp_path)
+    student0 = {k: v.clone() for k, v in module.student.state_dict().items()}
+    seen = []
+    hook = module.student.conv_first.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    hook.remove()
+    assert trainer.global_step == cfg.trainer.max_steps
+    assert torch.bfloat16 in seen, "the student's convolutions did not run in bfloat16"
+    state = torch.load(checkpoint.last_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(
+        v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point()
+    )
+    assert all(
+        not torch.equal(v, state[f"student.{k}"]) for k, v in student0.items() if v.is_floating_point()
+    )
+    if method in ("mkd", "mkd_static", "mkd_nocorr"):
+        assert trainer.callback_metrics["train/meta_grad_norm"] > 0
+        assert trainer.callback_metrics["train/meta_skipped"] == 0
+
+
 def test_teacher_psnr_is_logged_at_fit_start(tmp_path, tiny_teacher_ckpt):
     result = train(compose_train(tmp_path, _kd_overrides("output", tiny_teacher_ckpt)))
     assert result["train_metrics"]["val/teacher_psnr_y"] > 10
