@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import _krnet_step
 from meta_kd_sr.meta.step import MetaResult
 
@@ -37,8 +38,10 @@ def _worker(rank: int, store: str, out: str) -> None:
             result = MetaResult(
                 torch.tensor(meta_loss), [torch.full_like(p, scale) for p in params], None, []
             )
-            logs = _krnet_step(params, result, opt)
+            health = MetaHealth(window=2)
+            logs = _krnet_step(params, result, opt, health)
             after = {"krnet": krnet.state_dict(), "adam": opt.state_dict()["state"]}
+            after |= {"drift": logs.get("train/krnet_drift"), "health": health.state_dict()}
             results[case] = {"skip": float(logs["train/meta_skip"]), "before": before, **after}
     finally:
         dist.destroy_process_group()
@@ -69,3 +72,10 @@ def test_all_ranks_skip_or_step_together(ranks, case) -> None:
         assert torch.equal(value, rank1["krnet"][key])  # identical KRNets on both ranks
         assert torch.equal(value, rank0["before"][key]) == skip  # untouched exactly when skipped
     assert (rank0["adam"] == {}) == skip  # a skipped step leaves the KRNet Adam without state
+    # the meta signal statistics see the averaged gradient: the same on both ranks, untouched by a skip
+    assert (rank0["drift"] is None) == skip and rank0["health"]["steps"] == rank1["health"]["steps"] == int(
+        not skip
+    )
+    if not skip:
+        assert torch.equal(rank0["drift"], rank1["drift"]) and rank0["drift"] > 0
+        assert torch.equal(rank0["health"]["mean"], rank1["health"]["mean"])

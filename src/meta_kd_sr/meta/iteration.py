@@ -30,8 +30,8 @@ every stage run in bf16 - student, teacher, KRNet generators and filtering, the 
 theta' and the forward-mode pass of the meta backward - while the parameters, the optimizer states, the
 pseudo step theta' = theta - step(g) (autocast leaves elementwise arithmetic on float32 tensors alone) and the
 meta-gradients stay float32. Nothing is forced back to float32: on one batch, the bf16 meta-gradient's
-cosine to the float32 one was 0.9995-0.9998 (3 seeds, every engine; ``tests/meta/test_bf16.py`` asserts
->= 0.99). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9 taps keeps
+cosine to the float32 one was 0.9995-0.9998 (3 seeds, engine "higher"; ``tests/meta/test_bf16.py``
+asserts >= 0.99 for every engine). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9 taps keeps
 a DC leak of about 0.4 % of its norm, far below what changes the meta-gradient.
 
 Non-finite values follow :mod:`meta_kd_sr.finite`: a bad loss term or student gradient raises
@@ -190,7 +190,7 @@ def _plain_step(
 
 
 def _krnet_step(
-    params: list[nn.Parameter], result: MetaResult, opt_krnet: Any, health: MetaHealth | None
+    params: list[nn.Parameter], result: MetaResult, opt_krnet: Any, health: MetaHealth | None = None
 ) -> dict[str, Tensor]:
     """Average the meta-gradients across ranks; step the KRNets with them unless one is not finite."""
     # autograd.grad bypasses DDP's reducer: average by hand (identity on one process). The meta loss rides
