@@ -35,17 +35,19 @@ the machine does not change it (it only slows the benchmark down). The teacher t
 Sizing of the full run (``FULL`` in ``quality/plan.py``) for <= 3 h on 2 quiet cores
 (student EDSR 8 ch x 3 blocks, teacher EDSR 32 x 8, LR patch 16, batch 16, 3 seeds, N = 1000 iterations).
 
-- Rates, from ``--measure`` (all configurations interleaved in one process, one thread, CPU time): scratch
-  0.0275 s/it on a quiet core; ratios to scratch (measured at load 8, where CPU times read ~20 % high,
-  alike for all): output 2.61, fitnet 1.70, at 1.63, fsp 1.79, fakd 3.54, mkd 8.43, mkd_frozen 3.12,
-  mkd_static 6.25, mkd_nocorr 7.71 (the ten sum to 37.8); the teacher's training iteration 4.65.
-- Equal iterations: 3 seeds x 1000 x 0.0275 s x 37.8 = 3100 core-s.
-- Equal time: an MKD run trains 1000 x 0.0275 x 8.43 = 232 s; 8 methods x 3 seeds x 232 s = 5600 core-s.
-- Explore: 4 variants x 3 seeds x ~232 s = 2800 core-s.
-- Calibration (5 x 100 iterations) ~100 core-s; start-up, validation and export ~15 s a run x 72 runs
-  = 1100 core-s. Students: 12700 core-s on 2 cores = 6350 s.
-- Teacher: 6000 x 0.0275 x 4.65 = 770 core-s (it gets both cores). Held-out evaluation ~200 s.
-- Total about 7100 s = 2.0 h.
+- Rates, measured by the first full run (CPU s/it of one thread, seeds 1-2 on a quiet machine): scratch
+  0.041; output 0.11, fitnet 0.055, at 0.056, fsp 0.053, fakd 0.15, mkd 0.26, mkd_frozen 0.098,
+  mkd_static 0.20, mkd_nocorr 0.25 (the ten sum to 1.27 s); the teacher 0.19 s/it at 2 threads (with
+  other work beside it).
+  (``--measure`` projects from rates measured interleaved in one process; they read about 1.5x low against
+  these for scratch, so take its projection as a lower bound.)
+- Equal iterations: 3 seeds x 1000 x 1.27 s = 3800 core-s.
+- Equal time: an MKD run trains 1000 x 0.26 = 260 s; 8 methods x 3 seeds x 260 s = 6300 core-s.
+- Explore: 4 variants x 3 seeds x ~260 s = 3100 core-s.
+- Calibration (5 x 100 iterations) ~80 core-s; start-up, validation and export ~12 s a run x 72 runs
+  = 860 core-s. Students: 14100 core-s on 2 cores = 7100 s.
+- Teacher: 6000 x 0.19 = 1130 s (both cores). Held-out evaluation ~100 s.
+- Total about 8300 s = 2.3 h.
 
 Why these sizes (held-out PSNR_y over the 8 photos, from single CLI runs; bicubic 28.05 dB): scratch 8 x 3
 with lr 1e-3 reached 28.17 / 28.44 / 28.62 / 28.67 dB after 1000 / 2000 / 4000 / 8000 iterations; with

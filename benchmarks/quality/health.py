@@ -2,8 +2,8 @@
 
 The training logs them at its logging steps (``meta_kd_sr.meta.health``): ``train/meta_grad_norm``,
 ``train/krnet_drift`` and ``train/meta_noise_share``. A run summarises as the median meta-gradient norm of
-the first and of the last tenth of the logged meta steps, the drift at the end and the mean noise share over
-the second half of the run.
+the first and of the last tenth of the logged meta steps, the drift at the end, and the mean noise share and
+median-weight signal-to-noise ratio over the second half of the run (``None`` where the run did not log them).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ COLUMNS = {
     "grad_norm": "train/meta_grad_norm",
     "drift": "train/krnet_drift",
     "noise": "train/meta_noise_share",
+    "snr": "train/meta_snr",
 }
 
 
@@ -42,10 +43,12 @@ def summarize_run(run_dir: str | Path, iterations: int) -> dict[str, Any] | None
         return None
     tenth = max(1, math.ceil(len(norms) / 10))
     late_noise = [v for step, v in series["noise"] if step >= iterations // 2]
+    late_snr = [v for step, v in series["snr"] if step >= iterations // 2]
     return {
         "logged_meta_steps": len(norms),
         "grad_norm_start": statistics.median(norms[:tenth]),
         "grad_norm_end": statistics.median(norms[-tenth:]),
         "drift_end": series["drift"][-1][1] if series["drift"] else None,
         "noise_share_second_half": statistics.fmean(late_noise) if late_noise else None,
+        "snr_second_half": statistics.fmean(late_snr) if late_snr else None,
     }

@@ -15,7 +15,7 @@ GROUP_TITLES = {
     "equal_time": "Equal training time",
     "explore": "Explore",
 }
-HEALTH_KEYS = ("grad_norm_start", "grad_norm_end", "drift_end", "noise_share_second_half")
+HEALTH_KEYS = ("grad_norm_start", "grad_norm_end", "drift_end", "noise_share_second_half", "snr_second_half")
 
 
 def _by_seed(records: Sequence[Mapping[str, Any]], metric: str) -> dict[int, float]:
@@ -39,7 +39,7 @@ def _health(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None] | N
     runs = [r.get("meta_health") for r in records]
     if not runs or any(h is None for h in runs):
         return None
-    return {key: _mean_or_none([h[key] for h in runs]) for key in HEALTH_KEYS}
+    return {key: _mean_or_none([h.get(key) for h in runs]) for key in HEALTH_KEYS}
 
 
 def summarize_method(
@@ -162,8 +162,8 @@ def health_table(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str
     """The meta signal of every meta-learned method (mean over seeds)."""
     lines = [
         "| method | comparison | meta-grad norm, first → last tenth | KRNet drift at the end "
-        "| noise-dominated share, 2nd half |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| noise-dominated share, 2nd half | median SNR, 2nd half |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     seen = set()
     for group, rows in summary.items():
@@ -175,7 +175,8 @@ def health_table(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str
             norms = f"{_sci(h['grad_norm_start'])} → {_sci(h['grad_norm_end'])}"
             lines.append(
                 f"| {r['method']} | {GROUP_TITLES.get(group, 'Explore').lower()} | {norms} "
-                f"| {_num(h['drift_end'], 4)} | {_num(h['noise_share_second_half'], 3)} |"
+                f"| {_num(h['drift_end'], 4)} | {_num(h['noise_share_second_half'], 3)} "
+                f"| {_num(h['snr_second_half'], 3)} |"
             )
     return lines
 

@@ -171,11 +171,11 @@ def test_explore_rows_compare_with_frozen_krnets_and_mkd():
 def test_meta_health_summary_from_the_csv_log(tmp_path):
     run = tmp_path / "run"
     (run / "csv" / "version_0").mkdir(parents=True)
-    rows = ["step,train/loss,train/meta_grad_norm,train/krnet_drift,train/meta_noise_share"]
-    for step in range(0, 100, 5):  # 20 logged meta steps; the noise share from step 50 on
-        noise = "" if step < 50 else str(0.5 + step / 1000)
-        rows.append(f"{step},1.0,{1e-5 / (1 + step)},{step / 1000},{noise}")
-    rows.append("99,0.9,,,")  # a logging step without a meta step
+    rows = ["step,train/loss,train/meta_grad_norm,train/krnet_drift,train/meta_noise_share,train/meta_snr"]
+    for step in range(0, 100, 5):  # 20 logged meta steps; the noise share and SNR from step 50 on
+        noise, snr = ("", "") if step < 50 else (str(0.5 + step / 1000), str(step / 100))
+        rows.append(f"{step},1.0,{1e-5 / (1 + step)},{step / 1000},{noise},{snr}")
+    rows.append("99,0.9,,,,")  # a logging step without a meta step
     (run / "csv" / "version_0" / "metrics.csv").write_text("\n".join(rows) + "\n")
     health = summarize_health(run, 100)
     assert health["logged_meta_steps"] == 20
@@ -183,6 +183,7 @@ def test_meta_health_summary_from_the_csv_log(tmp_path):
     assert health["grad_norm_end"] == pytest.approx((1e-5 / 91 + 1e-5 / 96) / 2)
     assert health["drift_end"] == pytest.approx(0.095)
     assert health["noise_share_second_half"] == pytest.approx(0.5 + 0.0725)  # steps 50..95
+    assert health["snr_second_half"] == pytest.approx(0.725)
     (run / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
     assert summarize_health(run, 100) is None
 

@@ -43,6 +43,16 @@ def test_noise_share_counts_the_noise_dominated_weights() -> None:
     assert logs["train/meta_noise_share"].item() == pytest.approx(0.5, abs=0.03)
 
 
+def test_snr_is_the_median_ratio_of_mean_to_sd():
+    """g = 1 + 0.5 * noise for every weight: SNR about 2; its EMA window estimates it within a few %."""
+    health = MetaHealth(window=200)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(2000):
+        logs = health.update([torch.zeros(2000)], [1.0 + 0.5 * torch.randn(2000, generator=gen)])
+    assert logs["train/meta_snr"].item() == pytest.approx(2.0, rel=0.1)
+    assert logs["train/meta_noise_share"].item() == 0.0
+
+
 def test_state_dict_round_trip_continues_the_same_statistics() -> None:
     gen = torch.Generator().manual_seed(2)
     grads = [[torch.randn(50, generator=gen)] for _ in range(12)]
@@ -57,6 +67,7 @@ def test_state_dict_round_trip_continues_the_same_statistics() -> None:
         expected = whole.update(params, g)
         got = resumed.update(params, g)
     assert torch.equal(expected["train/meta_noise_share"], got["train/meta_noise_share"])
+    assert torch.equal(expected["train/meta_snr"], got["train/meta_snr"])
     other = MetaHealth(window=7)  # another window keeps the drift reference, restarts the window
     other.load_state_dict(first.state_dict())
     assert torch.equal(other.phi0, first.phi0) and other.noise_share() is None

@@ -9,7 +9,9 @@ follows is mostly noise. ``MetaHealth`` logs three numbers at every applied KRNe
 - ``train/meta_noise_share``: the share of KRNet weights whose meta-gradient is noise-dominated, i.e. whose
   mean over a window of meta steps is smaller in magnitude than its standard deviation over that window
   (|mean g| < sd g). The window is exponential with time constant ``window`` meta steps (mean and second
-  moment as Adam keeps them, bias-corrected); the share is logged once ``window`` steps have been seen.
+  moment as Adam keeps them, bias-corrected); the share is logged once ``window`` steps have been seen;
+- ``train/meta_snr``: the median over KRNet weights of |mean g| / sd g over the same window, the
+  signal-to-noise ratio of one meta step (the share says how many weights sit below 1, this how far).
 
 A weight whose |mean| < sd gets an Adam update whose sign flips from step to step: it random-walks instead
 of following the meta objective. A share near 1 says the KRNets are driven by noise. For reference, a pure
@@ -73,19 +75,25 @@ class MetaHealth:
         scale = torch.linalg.vector_norm(self.phi0).clamp_min(1e-30)
         drift = torch.linalg.vector_norm(phi - self.phi0) / scale
         logs = {"train/krnet_drift": drift.float()}
-        share = self.noise_share()
-        if share is not None:
-            logs["train/meta_noise_share"] = share
+        moments = self._moments()
+        if moments is not None:
+            mean, sd = moments
+            logs["train/meta_noise_share"] = (mean.abs() < sd).to(torch.float32).mean()
+            logs["train/meta_snr"] = (mean.abs() / sd.clamp_min(1e-30)).median().to(torch.float32)
         return logs
 
-    def noise_share(self) -> Tensor | None:
-        """The share of weights with |mean g| < sd g over the window; ``None`` before ``window`` steps."""
+    def _moments(self) -> tuple[Tensor, Tensor] | None:
+        """Bias-corrected mean and sd of every weight's meta-gradient; ``None`` before ``window`` steps."""
         if self.mean is None or self.sq is None or self.steps < self.window:
             return None
         correction = 1.0 - self.beta**self.steps
         mean, sq = self.mean / correction, self.sq / correction
-        sd = (sq - mean.square()).clamp_min(0).sqrt()
-        return (mean.abs() < sd).to(torch.float32).mean()
+        return mean, (sq - mean.square()).clamp_min(0).sqrt()
+
+    def noise_share(self) -> Tensor | None:
+        """The share of weights with |mean g| < sd g over the window; ``None`` before ``window`` steps."""
+        moments = self._moments()
+        return None if moments is None else (moments[0].abs() < moments[1]).to(torch.float32).mean()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers (safe for ``torch.load(weights_only=True)``)."""

@@ -26,13 +26,13 @@ kept on an object):
    across ranks by hand (no DDP backward runs in a meta iteration), gradient check, student step.
 
 Precision (``trainer.precision=bf16-mixed``, i.e. the iteration under bf16 autocast): the convolutions of
-every stage run in bf16 - student, teacher, KRNet generators and filtering, the meta-batch forward at
-theta' and the forward-mode pass of the meta backward - while the parameters, the optimizer states, the
-pseudo step theta' = theta - step(g) (autocast leaves elementwise arithmetic on float32 tensors alone) and the
-meta-gradients stay float32. Nothing is forced back to float32: on one batch, the bf16 meta-gradient's
-cosine to the float32 one was 0.9995-0.9998 (3 seeds, engine "higher"; ``tests/meta/test_bf16.py``
-asserts >= 0.99 for every engine). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9 taps keeps
-a DC leak of about 0.4 % of its norm, far below what changes the meta-gradient.
+every stage run in bf16 - student, teacher, KRNet generators and filtering, the meta-batch forward at theta'
+and the forward-mode pass of the meta backward - while the parameters, the optimizer states, the pseudo step
+theta' = theta - step(g) (autocast leaves elementwise arithmetic on float32 tensors alone) and the
+meta-gradients stay float32. Nothing is forced back to float32: on one batch, the bf16 meta-gradient's cosine
+to the float32 one was 0.9995-0.9998 (3 seeds, engine "higher"; ``tests/meta/test_bf16.py`` asserts >= 0.99
+for every engine). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9
+taps keeps a DC leak of about 0.4 % of its norm, far below what changes the meta-gradient.
 
 Non-finite values follow :mod:`meta_kd_sr.finite`: a bad loss term or student gradient raises
 ``NonFiniteError`` before any step; every rank sees the same reduced gradients, so all decide alike.
