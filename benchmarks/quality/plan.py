@@ -40,7 +40,8 @@ MKD_VARIANTS: dict[str, tuple[str, ...]] = {
 EXPLORE: dict[str, tuple[str, ...]] = {
     "mkd_metalr1e-3": ("experiment=tiny_mkd", "meta.lr=1e-3"),  # KRNet Adam 10x faster
     "mkd_alpha1": ("experiment=tiny_mkd", "meta.alpha=1.0"),  # a 10x larger pseudo step
-    "mkd_adamstate": ("experiment=tiny_mkd", "meta.pseudo=adam_state"),  # pseudo step = the real Adam step
+    # the pseudo step = the real Adam step (needs one real step first: Adam has no state before)
+    "mkd_adamstate": ("experiment=tiny_mkd", "meta.pseudo=adam_state", "meta.warmup_steps=1"),
     "mkd_late": ("experiment=tiny_mkd", "meta.warmup_steps={half}"),  # frozen KRNets, meta-learned from half
 }
 ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE}

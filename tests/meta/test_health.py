@@ -104,3 +104,9 @@ def test_meta_iterations_log_drift_and_noise_share_and_checkpoint_them() -> None
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["meta_health"]["steps"] == 3 and torch.equal(checkpoint["meta_health"]["phi0"], phi0)
+
+
+def test_adam_state_pseudo_step_without_warm_up_is_refused_at_configuration() -> None:
+    with pytest.raises(ValueError, match=r"adam_state .* set meta.warmup_steps >= 1"):
+        MetaSettings(pseudo="adam_state")
+    assert MetaSettings(pseudo="adam_state", warmup_steps=1).step_settings.kind == "adam_state"

@@ -58,6 +58,11 @@ class MetaSettings:
             raise ValueError(f"meta.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.sync not in ("exact", "local"):
             raise ValueError(f"meta.sync must be 'exact' or 'local', got {self.sync!r}")
+        if self.pseudo == "adam_state" and self.enabled and self.warmup_steps < 1:
+            raise ValueError(
+                "meta.pseudo=adam_state forms the pseudo step from the real Adam state, which exists only "
+                "after the first student step: set meta.warmup_steps >= 1"
+            )
         if self.health_window < 2:
             raise ValueError(f"meta.health_window must be >= 2 meta steps, got {self.health_window}")
         self.betas = tuple(float(b) for b in self.betas)
