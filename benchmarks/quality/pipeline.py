@@ -78,14 +78,19 @@ def run_phase(
     return records
 
 
-def equal_iteration_specs(ctx: Context) -> list[RunSpec]:
-    """Every method at the equal-iteration budget, every seed (seed-major: paired runs finish together)."""
+def every_seed(ctx: Context, methods: Sequence[str], iterations: Any, group: str) -> list[RunSpec]:
+    """``methods`` for every seed (seed-major: paired runs finish together).
+
+    ``iterations`` is one count for all, or a mapping method -> count.
+    """
     s = ctx.sizes
-    return [
-        student_spec(s, m, seed, s.iterations, "equal_iterations", ctx.teacher_ckpt)
-        for seed in s.seeds
-        for m in s.methods
-    ]
+    count = (lambda m: iterations[m]) if isinstance(iterations, dict) else (lambda m: iterations)
+    return [student_spec(s, m, seed, count(m), group, ctx.teacher_ckpt) for seed in s.seeds for m in methods]
+
+
+def equal_iteration_specs(ctx: Context) -> list[RunSpec]:
+    """Every method at the equal-iteration budget, every seed."""
+    return every_seed(ctx, ctx.sizes.methods, ctx.sizes.iterations, "equal_iterations")
 
 
 def calibration_specs(ctx: Context) -> list[RunSpec]:
@@ -130,22 +135,12 @@ def equal_time_budget(ctx: Context, records: Sequence[dict[str, Any]]) -> dict[s
 
 def equal_time_specs(ctx: Context, budget: dict[str, Any]) -> list[RunSpec]:
     """The equal-time runs, every seed."""
-    s = ctx.sizes
-    return [
-        student_spec(s, m, seed, budget["iterations"][m], "equal_time", ctx.teacher_ckpt)
-        for seed in s.seeds
-        for m in s.equal_time
-    ]
+    return every_seed(ctx, ctx.sizes.equal_time, budget["iterations"], "equal_time")
 
 
 def explore_specs(ctx: Context) -> list[RunSpec]:
     """The exploration variants at the equal-iteration budget, every seed."""
-    s = ctx.sizes
-    return [
-        student_spec(s, m, seed, s.iterations, "explore", ctx.teacher_ckpt)
-        for seed in s.seeds
-        for m in s.explore
-    ]
+    return every_seed(ctx, ctx.sizes.explore, ctx.sizes.iterations, "explore")
 
 
 def evaluate_record(record: dict[str, Any], dataset: HeldoutPhotos) -> dict[str, Any]:
