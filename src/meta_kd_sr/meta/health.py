@@ -63,7 +63,7 @@ class MetaHealth:
             grads: the meta-gradients of that step, same order (rank-averaged, finite).
         """
         g = self._flat(grads)
-        if self.phi0 is None:  # no explicit start: the reference is the weights before this step
+        if self.phi0 is None:  # no start() before the first step: drift is measured from these weights
             self.start(params)
         if self.mean is None or self.mean.shape != g.shape:
             self.mean, self.sq, self.steps = torch.zeros_like(g), torch.zeros_like(g), 0
