@@ -103,8 +103,8 @@ def run_iteration(
         settings: engine, pseudo step and DDP sync of the meta step.
         backward: back-propagation of the plain step's loss (``manual_backward`` under Lightning).
         iteration: the trainer's global step, named in ``NonFiniteError`` messages.
-        health: given, fed every applied KRNet step (adds ``train/krnet_drift`` and
-            ``train/meta_noise_share`` to the logs).
+        health: given, fed every applied KRNet step (adds its logs: ``train/krnet_drift``,
+            ``train/meta_noise_share``, ``train/meta_snr``; see :mod:`meta_kd_sr.meta.health`).
 
     Returns:
         The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log
