@@ -169,3 +169,18 @@ def test_lightning_fit_combines_loaders_and_sets_epochs(div2k_root):
         model.train_batches[0][1], model.train_batches[2][1]
     )  # set_epoch reached the sampler
     assert model.val_names == ["0001", "0002", "0003", "0004", "0005"] * 2  # each epoch, every image once
+
+
+def test_meta_batch_size_sets_the_meta_loader_only(div2k_root):
+    loaders = _module(div2k_root, meta_batch_size=8).train_dataloader()
+    assert _first_batch(loaders["meta"])["gt"].shape[0] == 8
+    assert _first_batch(loaders["train"])["gt"].shape[0] == 4
+    ranks = _module(div2k_root, world=2, rank=1, meta_batch_size=8).train_dataloader()
+    assert _first_batch(ranks["meta"])["gt"].shape[0] == 4  # global, like batch_size
+    assert _first_batch(_module(div2k_root).train_dataloader()["meta"])["gt"].shape[0] == 4  # default
+    with pytest.raises(ValueError, match="meta_batch_size must be >= 1, got 0"):
+        SRDataModule(train=[0], meta_batch_size=0)
+    dm = SRDataModule(train=[0], meta_batch_size=6)
+    dm.trainer = SimpleNamespace(world_size=4, global_rank=0)
+    with pytest.raises(ValueError, match="global meta_batch_size 6 is not divisible by the world size 4"):
+        _ = dm.per_device_meta_batch_size

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from meta_setup import rel_err, tiny_kd_module
 
-from meta_kd_sr.meta import PseudoStep, meta_gradient
+from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
 
 
 def build(engine="higher", output_weight=0.0, dtype=torch.float64):
@@ -23,7 +24,7 @@ def optimizers(module):
     return [entry["optimizer"] for entry in module.configure_optimizers()]
 
 
-def reference_iteration(module, batch, opt_s, opt_k) -> None:
+def reference_iteration(module, batch, opt_s, opt_k, meta_loss_fn=F.l1_loss) -> None:
     """Pseudo step, meta-gradient, KRNet step, then a fresh forward/backward with the new KRNets."""
     lq, gt = batch["train"]["lq"], batch["train"]["gt"]
     d = module.distiller
@@ -35,7 +36,14 @@ def reference_iteration(module, batch, opt_s, opt_k) -> None:
 
     meta = batch["meta"]
     result = meta_gradient(
-        module.student, d.meta_parameters(), inner, lq, meta["lq"], meta["gt"], pseudo=PseudoStep(alpha=0.5)
+        module.student,
+        d.meta_parameters(),
+        inner,
+        lq,
+        meta["lq"],
+        meta["gt"],
+        pseudo=PseudoStep(alpha=0.5),
+        meta_loss_fn=meta_loss_fn,
     )
     for p, g in zip(d.meta_parameters(), result.grads):
         p.grad = g
@@ -70,6 +78,21 @@ def test_meta_iteration_equals_the_steps_written_out(engine, output_weight) -> N
     assert logs["train/meta_grad_norm"] > 0 and torch.isfinite(logs["train/loss_meta"])
     assert set(terms) >= {"loss", "loss_rec", "loss_kd", "loss_kd_f1"}
     assert all(p.grad is None for p in module.student.parameters())
+
+
+def test_meta_objective_mse_is_the_meta_loss() -> None:
+    module, batch = build()
+    module.meta = MetaSettings(**{**module.meta.as_dict(), "objective": "mse"})
+    reference, l1 = copy.deepcopy(module), copy.deepcopy(module)
+    before = [p.detach().clone() for p in module.parameters()]
+    module.iteration(batch, *optimizers(module))
+    reference_iteration(reference, batch, *optimizers(reference), meta_loss_fn=F.mse_loss)
+    reference_iteration(l1, batch, *optimizers(l1))
+    moved = [a - b for a, b in zip(state(module), before)]
+    assert rel_err(moved, [a - b for a, b in zip(state(reference), before)]) < 1e-9
+    assert rel_err(moved, [a - b for a, b in zip(state(l1), before)]) > 1e-6  # the objective matters
+    with pytest.raises(ValueError, match=r"meta.objective must be one of \('l1', 'mse'\), got 'l2'"):
+        MetaSettings(objective="l2")
 
 
 def test_teacher_skips_its_upsampler_when_no_loss_reads_its_image() -> None:

@@ -37,7 +37,9 @@ class SRDataModule(LightningDataModule):
         meta: meta dataset or factory; its images must be disjoint from the training images.
         test: test dataset or factory.
         batch_size: training batch size, global (split over ranks) or per device.
-        batch_size_is_global: whether ``batch_size`` is the global batch.
+        batch_size_is_global: whether ``batch_size`` (and ``meta_batch_size``) is the global batch.
+        meta_batch_size: batch of the meta loader (``None``: ``batch_size``); a larger meta batch
+            lowers the noise of the meta-gradient at the cost of the meta forward/backward.
         val_batch_size: per-device batch size of validation/test (1: full images differ in size).
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory of batches.
@@ -53,6 +55,7 @@ class SRDataModule(LightningDataModule):
         test: DatasetSource = None,
         batch_size: int = 16,
         batch_size_is_global: bool = True,
+        meta_batch_size: int | None = None,
         val_batch_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -60,9 +63,10 @@ class SRDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for label, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1)):
-            if value < low:
-                raise ValueError(f"{label} must be >= {low}, got {value}")
+        sizes = {"batch_size": batch_size, "meta_batch_size": meta_batch_size, "val_batch_size": val_batch_size}
+        for label, value in sizes.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{label} must be >= 1, got {value}")
         if num_workers < 0 or seed < 0:
             raise ValueError(f"num_workers and seed must be >= 0, got {num_workers=}, {seed=}")
         if train is None:
@@ -70,6 +74,7 @@ class SRDataModule(LightningDataModule):
         self._sources: dict[str, DatasetSource] = {"train": train, "meta": meta, "val": val, "test": test}
         self._datasets: dict[str, Dataset] = {}
         self.batch_size, self.batch_size_is_global = batch_size, batch_size_is_global
+        self.meta_batch_size = meta_batch_size
         self.val_batch_size, self.num_workers, self.seed = val_batch_size, num_workers, seed
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
 
@@ -88,13 +93,21 @@ class SRDataModule(LightningDataModule):
     @property
     def per_device_batch_size(self) -> int:
         """Training batch per rank: ``batch_size // world_size`` if the batch size is global."""
+        return self._per_device("batch_size", self.batch_size)
+
+    @property
+    def per_device_meta_batch_size(self) -> int:
+        """Meta batch per rank (``meta_batch_size``, else ``batch_size``; split like ``batch_size``)."""
+        if self.meta_batch_size is None:
+            return self.per_device_batch_size
+        return self._per_device("meta_batch_size", self.meta_batch_size)
+
+    def _per_device(self, label: str, size: int) -> int:
         if not self.batch_size_is_global:
-            return self.batch_size
-        if self.batch_size % self.world_size:
-            raise ValueError(
-                f"global batch_size {self.batch_size} is not divisible by the world size {self.world_size}"
-            )
-        return self.batch_size // self.world_size
+            return size
+        if size % self.world_size:
+            raise ValueError(f"global {label} {size} is not divisible by the world size {self.world_size}")
+        return size // self.world_size
 
     # -- datasets ---------------------------------------------------------------------------------
 
@@ -162,7 +175,7 @@ class SRDataModule(LightningDataModule):
 
     def _train_loader(self, split: str, stream: int) -> DataLoader:
         dataset = self.dataset(split)
-        batch = self.per_device_batch_size
+        batch = self.per_device_meta_batch_size if split == "meta" else self.per_device_batch_size
         sampler = TrainSampler(len(dataset), *self._shard(), seed=self.seed, stream=stream)
         if len(sampler) < batch:
             raise ValueError(

@@ -159,6 +159,7 @@ def _meta_iteration(
             engine=settings.engine,
             grad_reduce=ddp_grad_mean(world) if settings.sync == "exact" and world > 1 else None,
             outputs=outputs,
+            meta_loss_fn=settings.meta_loss_fn,
         )
         logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet, health)  # 3
     with record_function("iteration/student_step"):  # 4

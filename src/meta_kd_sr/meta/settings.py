@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from meta_kd_sr.meta.step import ENGINES, PseudoStep
+
+# The meta objective L_meta(S_theta'(x_m), y_m) by name.
+META_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": F.l1_loss,
+    "mse": F.mse_loss,
+}
 
 
 @dataclass
@@ -33,6 +40,8 @@ class MetaSettings:
             theta' from each rank's own batch (one collective less per meta step; an approximation: the
             KRNets still get the rank-averaged meta-gradient and stay identical, but the meta-gradient is
             that of N pseudo steps on batches of b, not of one on N*b). Same result on one process.
+        objective: the meta loss on the meta batch at theta': "l1" (SPEC §5 step 4) or "mse" (the
+            quantity PSNR measures).
         health_window: time constant, in meta steps, of the meta-gradient noise share that
             ``meta.health.MetaHealth`` logs (``train/meta_noise_share``).
     """
@@ -47,6 +56,7 @@ class MetaSettings:
     lr: float = 1e-4
     betas: Sequence[float] = (0.9, 0.999)
     sync: str = "exact"
+    objective: str = "l1"
     health_window: int = 50
 
     def __post_init__(self) -> None:
@@ -63,6 +73,8 @@ class MetaSettings:
                 "meta.pseudo=adam_state forms the pseudo step from the real Adam state, which exists only "
                 "after the first student step: set meta.warmup_steps >= 1"
             )
+        if self.objective not in META_OBJECTIVES:
+            raise ValueError(f"meta.objective must be one of {tuple(META_OBJECTIVES)}, got {self.objective!r}")
         if self.health_window < 2:
             raise ValueError(f"meta.health_window must be >= 2 meta steps, got {self.health_window}")
         self.betas = tuple(float(b) for b in self.betas)
@@ -71,6 +83,11 @@ class MetaSettings:
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (safe for ``torch.load(weights_only=True)``)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def meta_loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(sr, gt) -> scalar``: the meta objective named by ``objective``."""
+        return META_OBJECTIVES[self.objective]
 
     def is_due(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (0-based, counted in student steps) runs the meta step."""
