@@ -43,6 +43,9 @@ EXPLORE: dict[str, tuple[str, ...]] = {
     # the pseudo step = the real Adam step (needs one real step first: Adam has no state before)
     "mkd_adamstate": ("experiment=tiny_mkd", "meta.pseudo=adam_state", "meta.warmup_steps=1"),
     "mkd_late": ("experiment=tiny_mkd", "meta.warmup_steps={half}"),  # frozen KRNets, meta-learned from half
+    "mkd_metabatch64": ("experiment=tiny_mkd", "data.meta_batch_size=64"),  # 4x the meta batch: less noise
+    "mkd_mse": ("experiment=tiny_mkd", "meta.objective=mse"),  # the meta objective PSNR measures
+    "mkd_spatial": ("experiment=tiny_mkd", "distill.loss.spatial=true"),  # per-pixel dynamic kernels
 }
 ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE}
 COMMON = (
