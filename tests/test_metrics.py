@@ -84,6 +84,15 @@ def test_torchmetrics_recipe_agrees(gt_photos, distorted):
     torch.testing.assert_close(ssim_y(sr, gt, 4), tm_ssim, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["bicubic_x4", "noise"])
+def test_kornia_valid_ssim_agrees(gt_photos, distorted, kind):
+    sr, gt = distorted[kind], gt_photos
+    sr_y, gt_y = (rgb_to_y(quantize(x.double()))[..., 4:-4, 4:-4] for x in (sr, gt))
+    ssim_map = kornia.metrics.ssim(sr_y, gt_y, 11, max_val=255.0, padding="valid")
+    # same definition, other operation order (reflect-padded filtering, then cropped): rounding apart only
+    torch.testing.assert_close(ssim_y(sr, gt, 4), ssim_map.mean(dim=(1, 2, 3)), rtol=0, atol=1e-12)
+
+
 def test_rgb_to_y_known_values():
     colours = torch.tensor([[1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
     y = rgb_to_y(colours.view(5, 3, 1, 1)).flatten()
@@ -93,8 +102,9 @@ def test_rgb_to_y_known_values():
 
 def test_rgb_to_y_is_studio_range_kornia(photo_batch):
     x = photo_batch.double()
-    expected = 16 + 219 * kornia.color.rgb_to_ycbcr(x)[:, :1]
-    torch.testing.assert_close(rgb_to_y(x), expected, rtol=0, atol=1e-10)
+    full_range = kornia.color.rgb_to_ycbcr(x)[:, :1]
+    torch.testing.assert_close(rgb_to_y(x), 16 + 219 * full_range, rtol=0, atol=1e-10)
+    assert (rgb_to_y(x) - 255 * full_range).abs().max() > 10  # kornia's own Y is full range (JPEG), not ours
 
 
 def test_quantize_snaps_to_uint8_levels():
@@ -168,6 +178,25 @@ def test_metric_states_merge_like_ddp(gt_photos, distorted, metric_cls, fn):
     rank1.update(sr[1:], gt_photos[1:])
     rank0.merge_state(rank1)  # applies dist_reduce_fx, as the sync across processes does
     torch.testing.assert_close(rank0.compute(), fn(sr, gt_photos, 4).mean(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("metric_cls", "fn"), [(PSNRY, psnr_y), (SSIMY, ssim_y)])
+def test_metric_stays_float64_after_a_device_move(gt_photos, distorted, metric_cls, fn):
+    sr = distorted["noise"]
+    owner = torch.nn.ModuleDict({"metric": metric_cls(crop_border=4)}).to("cpu")  # as Lightning moves it
+    owner["metric"].update(sr, gt_photos)
+    value = owner["metric"].compute()
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, fn(sr, gt_photos, 4).mean(), rtol=0, atol=1e-12)
+
+
+def test_nan_image_makes_the_mean_nan(gt_photos, distorted):
+    sr = distorted["noise"].clone()
+    sr[1, :, 10:12, 10:12] = float("nan")  # a broken SR output must show, not drop out of the mean
+    metric = PSNRY(crop_border=4)
+    metric.update(sr, gt_photos)
+    assert torch.isnan(metric.compute())
+    assert int(metric.count) == 4
 
 
 def test_sr_metrics_collection(gt_photos, distorted):

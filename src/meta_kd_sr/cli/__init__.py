@@ -15,14 +15,15 @@ OmegaConf.register_new_resolver("mul", lambda *xs: __import__("math").prod(xs), 
 def config_dir() -> str:
     """Absolute path of the Hydra config tree (``conf/``).
 
-    ``META_KD_SR_CONF`` wins; then the checkout's ``conf/`` (editable installs); then the copy packaged in the
-    wheel as ``meta_kd_sr/conf``.
+    ``META_KD_SR_CONF`` wins; then the checkout's ``conf/`` when the package runs from a checkout's
+    ``src/`` (editable installs); then the copy packaged in the wheel as ``meta_kd_sr/conf``.
     """
     env = os.environ.get("META_KD_SR_CONF")
     if env:
         return str(Path(env).resolve())
-    checkout = Path(__file__).resolve().parents[3] / "conf"
-    if (checkout / "train.yaml").is_file():
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parents[1] / "conf"
+    if package.parent.name == "src" and (checkout / "train.yaml").is_file():
         return str(checkout)
     packaged = resources.files("meta_kd_sr") / "conf"
     return str(Path(str(packaged)).resolve())
