@@ -41,8 +41,10 @@ class Context:
 
     @property
     def teacher_ckpt(self) -> Path:
-        """The exported teacher every KD student reads."""
-        return self.cache / "runs" / "teacher" / "student.pt"
+        """The exported teacher every KD student reads (``student.pt`` in a cache from before ``teacher.pt``)."""
+        run = self.cache / "runs" / "teacher"
+        old = run / "student.pt"
+        return old if old.is_file() and not (run / "teacher.pt").is_file() else run / "teacher.pt"
 
 
 def run_phase(

@@ -206,7 +206,7 @@ def read_run(spec: RunSpec, directory: Path) -> dict[str, Any]:
         "group": spec.group,
         "seed": spec.seed,
         "iterations": int(result["iterations"]),
-        "student": result["student"],
+        "student": result.get("export", result.get("student")),  # the exported network
         "s_per_it": s_per_it,
         "train_s": s_per_it * int(result["iterations"]),
         "cpu_s_per_it": cpu_s_per_it,

@@ -30,6 +30,8 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 # Submodules DistributedDataParallel must neither wrap nor broadcast (see SRModule.setup).
 DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
+# The loss terms the progress bar shows (logged with prog_bar=True); every term is logged.
+PROG_BAR_TERMS = ("train/loss", "train/loss_rec", "train/loss_kd", "train/loss_meta")
 
 
 class SRModule(pl.LightningModule):
@@ -90,7 +92,7 @@ class SRModule(pl.LightningModule):
                 "crop_border": self.crop_border,
                 "student_config": student_config,
                 "teacher_config": teacher_config,
-                "meta": self.meta.as_dict(),
+                "meta": {**self.meta.as_dict(), "enabled": self.meta_enabled},  # what runs, not the wish
             }
         )
 
@@ -163,9 +165,10 @@ class SRModule(pl.LightningModule):
         terms, logs = self.iteration(batch, opt_s, opt_k if due else None)
         self._step_schedulers()
         batch_size = int(train_part(batch)["lq"].shape[0])
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
-        if logs:
-            self.log_dict(logs, batch_size=batch_size)
+        named = {f"train/{k}": v.detach() for k, v in terms.items()} | logs
+        shown = {k: named[k] for k in PROG_BAR_TERMS if k in named}
+        self.log_dict(shown, prog_bar=True, batch_size=batch_size)
+        self.log_dict({k: v for k, v in named.items() if k not in shown}, batch_size=batch_size)
         self.log("train/lr", opt_s.param_groups[0]["lr"], batch_size=batch_size)
         return terms["loss"].detach()
 

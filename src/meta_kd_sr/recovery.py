@@ -27,7 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from meta_kd_sr.atomic import atomic_path, remove_stale_temporaries
 from meta_kd_sr.finite import first_nonfinite
 
-RUN_OUTPUTS = ("checkpoints", "student.pt", "eval.json")  # what a finished or running run leaves in its dir
+# what a finished or running run leaves in its dir (the exported network: student.pt, or teacher.pt)
+RUN_OUTPUTS = ("checkpoints", "student.pt", "teacher.pt", "eval.json")
 
 
 class RunRefused(ValueError):
@@ -128,8 +129,8 @@ def _is_inside(path: str | os.PathLike, directory: Path) -> bool:
 def prepare_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool) -> None:
     """Refuse a run dir that holds another run's outputs, unless resuming into it or ``overwrite`` is set.
 
-    ``overwrite=True`` deletes the old run's checkpoints, ``student.pt`` and ``eval.json`` first (logs stay:
-    loggers start a new version), so no file of the old run can pass for the new one's.
+    ``overwrite=True`` deletes the old run's checkpoints, ``student.pt``/``teacher.pt`` and ``eval.json``
+    first (logs stay: loggers start a new version), so no file of the old run can pass for the new one's.
     """
     output_dir = Path(output_dir)
     found = [name for name in RUN_OUTPUTS if _holds_output(output_dir / name)]

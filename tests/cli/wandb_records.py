@@ -9,11 +9,13 @@ the file, so this reads its framing: a 7-byte header, then LevelDB-log chunks (c
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
@@ -74,3 +76,31 @@ def config_keys(records: list[wandb_internal_pb2.Record]) -> set[str]:
     """Top-level config keys the run recorded (at init and by later config updates)."""
     updates = [u for r in records for u in (*r.run.config.update, *r.config.update)]
     return {u.key or u.nested_key[0] for u in updates}
+
+
+def history_values(records: list[wandb_internal_pb2.Record], key: str) -> list[Any]:
+    """The values logged under ``key``, one per history record, parsed from JSON.
+
+    A media value (an image list, a table) is written as one item per field (``nested_key = [key, field]``):
+    those come back as one dict again.
+    """
+    values = []
+    for record in records:
+        fields: dict[str, Any] = {}
+        for item in record.history.item:
+            path = [item.key] if item.key else list(item.nested_key)
+            if path[0] != key:
+                continue
+            if len(path) == 1:
+                values.append(json.loads(item.value_json))
+            else:
+                fields["/".join(path[1:])] = json.loads(item.value_json)
+        if fields:
+            values.append(fields)
+    return values
+
+
+def config_values(records: list[wandb_internal_pb2.Record]) -> dict[str, Any]:
+    """``{top-level key: value}`` of the run's config, the last update of a key winning."""
+    updates = [u for r in records for u in (*r.run.config.update, *r.config.update)]
+    return {u.key or u.nested_key[0]: json.loads(u.value_json) for u in updates}

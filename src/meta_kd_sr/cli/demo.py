@@ -2,14 +2,14 @@
 
 A tiny teacher is trained once (and reused from the output dir afterwards); a scratch student and a meta-KD
 student are then trained with the same budget; everything is evaluated with the SR protocol on the held-out
-embedded photos and printed as one table next to the bicubic row.
+embedded photos and printed as one table next to the bicubic row. Each phase prints a start line and a done
+line with its seconds and output; a progress bar counts the iterations of each training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,13 @@ from omegaconf import DictConfig
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import score_dataset
 from meta_kd_sr.cli.train import train
+from meta_kd_sr.console import Phases, format_outputs
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.inference import upscale_bicubic
 from meta_kd_sr.models.checkpoint import student_from_checkpoint
 
-COMMON = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
+COMMON = ["trainer.enable_model_summary=false", "logger=csv"]
+N_PHASES = 4  # teacher, scratch student, MKD student, evaluation
 
 
 def _cfg(output_dir: Path, overrides: list[str]) -> DictConfig:
@@ -47,27 +49,48 @@ def _budget(steps: int) -> list[str]:
     ]
 
 
-def _train_once(out: Path, overrides: list[str], reuse: bool) -> tuple[str, float]:
+def exported_network(record: dict[str, Any]) -> str:
+    """The network file a run exported, from its ``eval.json`` (runs before ``export_name``: ``student``)."""
+    return record.get("export") or record["student"]
+
+
+def _train_once(
+    phases: Phases, what: str, out: Path, overrides: list[str], reuse: bool = False
+) -> tuple[str, float]:
     done = out / "eval.json"
     if reuse and done.is_file():
-        return json.loads(done.read_text())["student"], 0.0
-    start = time.perf_counter()
+        path = exported_network(json.loads(done.read_text()))
+        phases.skip(f"{what}: reusing {path} (--retrain-teacher trains it again)")
+        return path, 0.0
+    phases.start(what)
     result = train(_cfg(out, [*overrides, "overwrite=true"]))  # a rerun of the demo replaces its runs
-    return result["student"], time.perf_counter() - start
+    return result["export"], phases.done(result["export"])
 
 
 def run_demo(output_dir: Path, steps: int, teacher_steps: int, reuse_teacher: bool = True) -> dict[str, Any]:
     """Train teacher (cached), scratch and meta-KD students; return the evaluation table."""
+    phases = Phases("demo", N_PHASES)
     teacher_path, t_teacher = _train_once(
-        output_dir / "teacher", ["experiment=tiny_teacher", *_budget(teacher_steps)], reuse_teacher
+        phases,
+        f"training the tiny teacher ({teacher_steps} iterations)",
+        output_dir / "teacher",
+        ["experiment=tiny_teacher", *_budget(teacher_steps)],
+        reuse_teacher,
     )
     rows: dict[str, Any] = {}
-    scratch, t_scratch = _train_once(output_dir / "scratch", ["experiment=tiny_sr", *_budget(steps)], False)
+    scratch, t_scratch = _train_once(
+        phases,
+        f"training the scratch student ({steps} iterations)",
+        output_dir / "scratch",
+        ["experiment=tiny_sr", *_budget(steps)],
+    )
     mkd, t_mkd = _train_once(
+        phases,
+        f"training the meta-KD student ({steps} iterations, KRNets meta-learned)",
         output_dir / "mkd",
         ["experiment=tiny_mkd", f"teacher.ckpt_path={teacher_path}", *_budget(steps)],
-        False,
     )
+    phases.start("scoring bicubic, scratch, MKD and the teacher on the held-out photos")
     cfg = _cfg(output_dir, ["experiment=tiny_sr"])
     names, scale = list(cfg.data.val.names), int(cfg.scale)
     rows["bicubic"] = {**_score(lambda lq: upscale_bicubic(lq, scale), scale, names), "train_s": 0.0}
@@ -88,7 +111,21 @@ def run_demo(output_dir: Path, steps: int, teacher_steps: int, reuse_teacher: bo
         "student_steps": steps,
         "teacher_steps": teacher_steps,
     }
+    phases.done()
     return rows
+
+
+def demo_outputs(output_dir: Path) -> str:
+    """Where the demo wrote its files."""
+    teacher = output_dir / "teacher" / "eval.json"
+    return format_outputs(
+        [
+            ("table", output_dir / "demo.json"),
+            ("teacher", exported_network(json.loads(teacher.read_text())) if teacher.is_file() else None),
+            ("scratch run", output_dir / "scratch"),
+            ("MKD run", output_dir / "mkd"),
+        ]
+    )
 
 
 def format_rows(rows: dict[str, Any]) -> str:
@@ -120,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run_demo(out, args.steps, args.teacher_steps, reuse_teacher=not args.retrain_teacher)
     (out / "demo.json").write_text(json.dumps(rows, indent=2))
     print(format_rows(rows))
+    print(demo_outputs(out))
 
 
 if __name__ == "__main__":

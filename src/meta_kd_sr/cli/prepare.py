@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from meta_kd_sr.cli import config_dir
+from meta_kd_sr.console import format_outputs
 from meta_kd_sr.data.prepare import default_lr_dir, generate_lr_folder
 
 log = logging.getLogger(__name__)
@@ -20,18 +21,31 @@ def prepare(cfg: DictConfig) -> dict[int, Path]:
     By default each scale goes where the datasets read it (``DIV2K_train_HR`` ->
     ``DIV2K_train_LR_bicubic/X{s}``, ``<set>/HR`` -> ``<set>/LR_bicubic/X{s}``); with ``cfg.out_dir`` it goes
     to ``<out_dir>/X{s}``. Files are named ``<stem>x{s}.png``. Running again after an interruption
-    finishes the job: finished files are kept, half-written ones are rewritten.
+    finishes the job: finished files are kept, half-written ones are rewritten. Ends by printing where
+    the LR folders (and, under Hydra, the command's log) are.
     """
     hr_dir = Path(cfg.hr_dir)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else None
-    done = {}
+    done, counts = {}, {}
     for s in (int(s) for s in cfg.scales):
         lr_dir = out_dir / f"X{s}" if out_dir is not None else default_lr_dir(hr_dir, s)
         files = generate_lr_folder(hr_dir, lr_dir, s)
         log.info("x%d: %d LR images in %s", s, len(files), lr_dir)
-        print(f"x{s}: {len(files)} LR images in {lr_dir}")
         done[s] = lr_dir
+        counts[s] = len(files)
+    lines = [(f"x{s} LR", f"{d} ({counts[s]} images)") for s, d in done.items()]
+    print(format_outputs([*lines, ("log", _hydra_log())]), flush=True)
     return done
+
+
+def _hydra_log() -> Path | None:
+    """The log of this command in Hydra's run dir (``None`` when not run by Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="prepare")

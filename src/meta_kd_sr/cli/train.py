@@ -18,9 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
+from meta_kd_sr.cli.loggers import build_loggers, run_config
+from meta_kd_sr.console import quiet_known_noise, run_outputs
 from meta_kd_sr.finite import NonFiniteError, finite_or_none
 from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
+from meta_kd_sr.progress import display_callbacks
 from meta_kd_sr.recovery import (
     AtomicCheckpointIO,
     RunRefused,
@@ -30,6 +33,7 @@ from meta_kd_sr.recovery import (
     prepare_run_dir,
     weights_fingerprint,
 )
+from meta_kd_sr.summary import RunSummary, validation_psnr
 from meta_kd_sr.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    resume = cfg.get("resume")
+    resume, export_name = cfg.get("resume"), _export_name(cfg)
     if rank_zero_only.rank == 0:  # ranks started by a launcher see the dir that rank 0 has already checked
         prepare_run_dir(output_dir, resume, bool(cfg.get("overwrite", False)))
     datamodule = instantiate(cfg.data)
@@ -90,7 +94,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_meta_split(module.meta_enabled, datamodule.has_split("meta"), _choice("distill"), _choice("data"))
     if resume:
         check_resume(resume, module)
-    callbacks, loggers = _instantiate_dict(cfg.get("callbacks")), _instantiate_dict(cfg.get("logger"))
+    summary = RunSummary(run_config(cfg, module.meta_enabled))  # config at train start, results at the end
+    callbacks, loggers = [*_instantiate_dict(cfg.get("callbacks")), summary], build_loggers(cfg)
+    callbacks = display_callbacks(callbacks, cfg.trainer)
+    quiet_known_noise(module.teacher, _checkpoint_dirs(callbacks) if resume else ())
     if rank_zero_only.rank == 0:
         for directory in {output_dir, *_checkpoint_dirs(callbacks)}:
             check_writable(directory)
@@ -116,13 +123,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result["val"] = {k.removeprefix("val/"): float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
         if ckpt:
-            result["student"] = str(export_student(ckpt, output_dir / "student.pt"))
-            result["benchmarks"] = _evaluate_benchmarks(cfg, result["student"])
+            result.update(_export(ckpt, output_dir / export_name))
+            result["benchmarks"] = _evaluate_benchmarks(cfg, result["export"])
         text = json.dumps(finite_or_none(result), indent=2, allow_nan=False)
         (output_dir / "eval.json").write_text(text)
+        summary.log_results(trainer.loggers, result, trainer.global_step)
         log.info("run result: %s", text)
+        print(run_outputs(result, trainer.loggers), flush=True)
     _finish_wandb()
     return result
+
+
+def _export_name(cfg: DictConfig) -> str:
+    """The file name the trained network is exported to (``student.pt``; ``teacher.pt`` for teachers)."""
+    name = str(cfg.get("export_name") or "student.pt")
+    if Path(name).name != name or not name.endswith(".pt"):
+        raise RunRefused(f"export_name={name!r}: expected a file name ending in .pt, e.g. teacher.pt")
+    return name
+
+
+def _export(ckpt: str, path: Path) -> dict[str, str]:
+    """Export the network of ``ckpt`` to ``path``: under ``export``, and ``student`` for a ``student.pt``."""
+    exported = str(export_student(ckpt, path))
+    return {"export": exported, "student": exported} if path.name == "student.pt" else {"export": exported}
 
 
 def _choice(group: str) -> str:
@@ -174,17 +197,18 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Console entry point (``meta-kd-sr-train``)."""
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point (``meta-kd-sr-train``); returns the validation PSNR_y, what a sweeper optimises."""
     _refuse_ddp_multirun(cfg)
     try:
-        train(cfg)
+        result = train(cfg)
     except RunRefused as err:  # a configuration to change: one line, no traceback
         print(f"meta-kd-sr-train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteError as err:  # the last good checkpoint is on disk; nothing non-finite was written
         print(f"meta-kd-sr-train: training stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    return validation_psnr(result)
 
 
 def _refuse_ddp_multirun(cfg: DictConfig) -> None:

@@ -199,6 +199,25 @@ class Distiller(nn.Module):
                 out[pos] = prepared
         return out
 
+    @torch.no_grad()
+    def kernels(
+        self, feats_s: Mapping[str, torch.Tensor], feats_t: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The texture kernels the KD losses that make them (KRNets) make for these features, by position.
+
+        Returns:
+            ``{position: (B, N, k, k)}`` (or ``(B, N, H, W, k, k)`` for per-pixel kernels); ``{}`` when no
+            KD loss has a ``kernels`` method.
+        """
+        if not self.has_kd_loss or self.pairwise:
+            return {}
+        out = {}
+        for pos, raw, f_s, f_t in zip(self.positions, *self._kd_inputs(feats_s, feats_t)):
+            module = self.kd_losses[pos]
+            if callable(getattr(module, "kernels", None)):
+                out[pos] = module.kernels(f_s, f_t, raw)
+        return out
+
     def kd_terms(
         self,
         feats_s: Mapping[str, torch.Tensor],
