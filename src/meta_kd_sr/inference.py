@@ -1,13 +1,20 @@
-"""Inference helpers: x8 geometric self-ensemble, tiled forward for large images, the bicubic baseline."""
+"""Inference helpers: x8 geometric self-ensemble, tiled forward, the bicubic baseline, a plain export module.
+
+:func:`sr_function` puts them together into the ``lq -> sr`` function that ``meta-kd-sr-eval`` and
+``meta-kd-sr-upscale`` run; :class:`SRForward` is the ``lq -> sr`` module that ``meta-kd-sr-export`` writes as
+TorchScript and ONNX.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import product
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from meta_kd_sr.data.imresize import imresize
+from meta_kd_sr.models.blocks import SRNet
 
 ModelFn = Callable[[Tensor], Tensor]
 
@@ -149,3 +156,74 @@ def upscale_bicubic(lq: Tensor, scale: int) -> Tensor:
     """
     _check_positive_int("scale", scale, 1)
     return imresize(lq, scale)
+
+
+def sr_function(
+    net: ModelFn | None, scale: int, tile: int | None = None, overlap: int = 16, ensemble: bool = False
+) -> ModelFn:
+    """The ``lq -> sr`` function of a network, run whole or in tiles, with or without the x8 self-ensemble.
+
+    Args:
+        net: callable lq (B, 3, h, w) -> sr (B, 3, h * scale, w * scale); ``None`` is the bicubic baseline
+            (MATLAB bicubic, for which ``tile`` and ``ensemble`` change nothing and are ignored).
+        scale: upscaling factor.
+        tile: LR tile size (see :func:`tiled_forward`); ``None`` or 0 runs the whole image at once.
+        overlap: LR context pixels on each inner side of a tile.
+        ensemble: average the 8 flips/transposes (:func:`self_ensemble`), each run whole or tiled.
+
+    Returns:
+        The function; call it under ``torch.no_grad()`` for inference. Its output is not clamped.
+    """
+    _check_positive_int("scale", scale, 1)
+    if net is None:
+        return lambda lq: upscale_bicubic(lq, scale)
+
+    def run(lq: Tensor) -> Tensor:
+        return tiled_forward(net, lq, scale=scale, tile=int(tile), overlap=int(overlap)) if tile else net(lq)
+
+    return (lambda lq: self_ensemble(run, lq)) if ensemble else run
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device name; CUDA must be available if named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here: use device=cpu or device=auto")
+    return device
+
+
+class SRForward(nn.Module):
+    """A plain ``lq -> sr`` module over the parts of an :class:`~meta_kd_sr.models.blocks.SRNet`.
+
+    ``SRNet.forward`` also returns features on request (a dict, a union return type) and the network has a
+    ``feature_channels`` property: neither compiles with ``torch.jit.script``. This module runs the same
+    layers (it shares them, no copy) without the feature path, so it scripts and exports to ONNX with
+    dynamic batch, height and width; its output equals ``net(lq)`` exactly.
+
+    Args:
+        net: an EDSR, RCAN or any other ``SRNet``.
+    """
+
+    def __init__(self, net: SRNet) -> None:
+        super().__init__()
+        if not isinstance(net, SRNet):
+            raise ValueError(f"SRForward takes an SRNet (EDSR, RCAN), got {type(net).__name__}")
+        self.scale = int(net.scale)
+        self.img_range = float(net.img_range)
+        self.register_buffer("mean", net.mean.detach().clone(), persistent=False)
+        self.conv_first, self.body, self.conv_after_body = net.conv_first, net.body, net.conv_after_body
+        self.upsample, self.conv_last = net.upsample, net.conv_last
+
+    def forward(self, lq: Tensor) -> Tensor:
+        """lq: (B, 3, h, w) float in [0, 1] -> sr: (B, 3, h * scale, w * scale), not clamped."""
+        if lq.dim() != 4 or lq.size(1) != 3:
+            raise ValueError("lq must be a (B, 3, h, w) tensor")
+        mean = self.mean.to(lq.dtype)
+        x = self.conv_first((lq - mean) * self.img_range)
+        res = self.conv_after_body(self.body(x))
+        return self.conv_last(self.upsample(res + x)) / self.img_range + mean

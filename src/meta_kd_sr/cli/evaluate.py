@@ -1,4 +1,8 @@
-"""``meta-kd-sr-eval``: the SR protocol on benchmark HR folders for a checkpoint or the bicubic row."""
+"""``meta-kd-sr-eval``: the SR protocol on benchmark HR folders for a checkpoint or the bicubic row.
+
+Writes ``eval.json`` (means, per-image scores, the protocol, the checkpoint's distillation method when known,
+the command's overrides) and, with ``save_dir=``, the SR images as PNG.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,23 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from meta_kd_sr.cli import config_dir
-from meta_kd_sr.data import ImageFolderSR
-from meta_kd_sr.inference import self_ensemble, tiled_forward, upscale_bicubic
-from meta_kd_sr.metrics import psnr_y, ssim_y
-from meta_kd_sr.models.checkpoint import load_pretrained, student_from_checkpoint
+from meta_kd_sr.console import format_outputs
+from meta_kd_sr.data import ImageFolderSR, save_png
+from meta_kd_sr.finite import finite_or_none
+from meta_kd_sr.inference import resolve_device, sr_function
+from meta_kd_sr.metrics import psnr_y, quantize, ssim_y
+from meta_kd_sr.models.checkpoint import load_pretrained, read_checkpoint, student_from_checkpoint
 
 log = logging.getLogger(__name__)
 SRFunction = Callable[[torch.Tensor], torch.Tensor]
+# keys of eval.json next to the sets: a folder with one of these names is reported as "<name>_2"
+_RESULT_KEYS = ("protocol", "checkpoint", "method", "overrides", "save_dir")
 
 
 def protocol(scale: int, crop_border: int, ensemble: bool) -> dict[str, Any]:
@@ -37,68 +47,158 @@ def protocol(scale: int, crop_border: int, ensemble: bool) -> dict[str, Any]:
     }
 
 
-def build_sr_function(cfg: DictConfig, device: torch.device) -> SRFunction:
-    """The SR function of ``cfg.ckpt_path``: bicubic, our checkpoint/export, or an official checkpoint."""
-    scale = int(cfg.scale)
+def load_network(cfg: DictConfig, device: torch.device) -> nn.Module | None:
+    """The network of ``cfg.ckpt_path`` in eval mode on ``device``; ``None`` for ``ckpt_path=bicubic``.
+
+    Our training checkpoint (``.ckpt``) or exported ``student.pt`` rebuilds itself from its saved config;
+    an official EDSR/RCAN or BasicSR file needs the architecture, ``cfg.model`` (``model=<preset>``).
+    """
     if str(cfg.ckpt_path) == "bicubic":
-        return lambda lq: upscale_bicubic(lq, scale)
+        return None
     if cfg.get("model"):
         net = load_pretrained(instantiate(cfg.model), cfg.ckpt_path, fmt=cfg.get("format"))
     else:
         net, _ = student_from_checkpoint(cfg.ckpt_path)
-    if getattr(net, "scale", scale) != scale:
+    return net.to(device).eval()
+
+
+def build_sr_function(cfg: DictConfig, device: torch.device) -> SRFunction:
+    """The SR function of ``cfg.ckpt_path``: bicubic, our checkpoint/export, or an official checkpoint."""
+    scale = int(cfg.scale)
+    net = load_network(cfg, device)
+    if net is not None and getattr(net, "scale", scale) != scale:
         raise ValueError(f"checkpoint {cfg.ckpt_path} is a x{net.scale} network but scale={scale} was asked")
-    net = net.to(device).eval()
+    return sr_function(net, scale, cfg.tile, int(cfg.tile_overlap), bool(cfg.self_ensemble))
 
-    def run(lq: torch.Tensor) -> torch.Tensor:
-        if cfg.tile:
-            return tiled_forward(net, lq, scale=scale, tile=int(cfg.tile), overlap=int(cfg.tile_overlap))
-        return net(lq)
 
-    return (lambda lq: self_ensemble(run, lq)) if cfg.self_ensemble else run
+def checkpoint_method(ckpt_path: str, official: bool = False) -> str | None:
+    """The distillation method (``distill=`` preset) a checkpoint was trained with, when it can be told.
+
+    ``"bicubic"`` for the bicubic row. For our files: the ``distill`` choice in the Hydra record of the
+    training run (``.hydra/hydra.yaml`` in the folder of ``student.pt`` or above ``checkpoints/``), else
+    ``"none"`` for a training checkpoint trained without a teacher. ``None`` when unknown (official files,
+    a file moved out of its run folder).
+    """
+    if ckpt_path == "bicubic":
+        return "bicubic"
+    path = Path(ckpt_path)
+    if official or not path.is_file():
+        return None
+    for run_dir in (path.parent, path.parent.parent):
+        choice = _recorded_choice(run_dir / ".hydra" / "hydra.yaml", "distill")
+        if choice is not None:
+            return choice
+    if path.suffix == ".ckpt":
+        hparams = read_checkpoint(path).get("hyper_parameters")
+        if isinstance(hparams, dict) and "teacher_config" in hparams and hparams["teacher_config"] is None:
+            return "none"
+    return None
+
+
+def _recorded_choice(record: Path, group: str) -> str | None:
+    """The option of config group ``group`` in a Hydra record (``.hydra/hydra.yaml``), if readable."""
+    if not record.is_file():
+        return None
+    try:  # the record is data: one plain string is read, nothing is resolved or instantiated
+        choices = OmegaConf.to_container(OmegaConf.load(record), resolve=False)["hydra"]["runtime"]["choices"]
+        choice = choices[group]
+    except Exception:  # a damaged record only loses the method's name
+        return None
+    return choice if isinstance(choice, str) else None
+
+
+def hydra_log() -> Path | None:
+    """The log of the running Hydra command in its run dir (``None`` when called from Python)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+
+
+def _command_overrides() -> list[str]:
+    """The overrides of the running Hydra command (``[]`` when called from Python)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _set_name(hr_dir: Path, taken: dict[str, Any]) -> str:
     name = hr_dir.parent.name if hr_dir.name.upper() in ("HR", "GT", "GTMOD12") else hr_dir.name
     base, i = name, 2
-    while name in taken:
+    while name in taken or name in _RESULT_KEYS:
         name, i = f"{base}_{i}", i + 1
     return name
 
 
 @torch.no_grad()
 def score_dataset(
-    sr_fn: SRFunction, dataset: Iterable[dict[str, Any]], crop_border: int, device: torch.device | None = None
+    sr_fn: SRFunction,
+    dataset: Iterable[dict[str, Any]],
+    crop_border: int,
+    device: torch.device | None = None,
+    save_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Mean per-image PSNR_y / SSIM_y of ``sr_fn`` over full-image items ``{"lq", "gt"}`` (SR clamped)."""
-    psnr, ssim = [], []
-    for item in dataset:
+    """Mean per-image PSNR_y / SSIM_y of ``sr_fn`` over full-image items ``{"lq", "gt", "name"}``.
+
+    Args:
+        sr_fn: lq (1, 3, h, w) -> sr (1, 3, H, W); its output is clamped to [0, 1].
+        dataset: full-image items; ``name`` (optional, default the index) keys the per-image scores.
+        crop_border: pixels removed on each side before the metrics.
+        device: where ``sr_fn`` runs.
+        save_dir: when given, each SR image is written there as ``<name>_x<scale>.png``, on the uint8 levels
+            the metrics score (reading it back gives the same PSNR_y / SSIM_y).
+
+    Returns:
+        ``{"psnr_y", "ssim_y", "n_images", "per_image": {name: {"psnr_y", "ssim_y"}}}``; the means are the
+        means of the per-image values.
+    """
+    per_image: dict[str, dict[str, float]] = {}
+    for i, item in enumerate(dataset):
         gt = item["gt"][None].to(device)
         sr = sr_fn(item["lq"][None].to(device)).clamp(0, 1)
-        psnr.append(psnr_y(sr, gt, crop_border).item())
-        ssim.append(ssim_y(sr, gt, crop_border).item())
-    return {"psnr_y": sum(psnr) / len(psnr), "ssim_y": sum(ssim) / len(ssim), "n_images": len(psnr)}
+        name = str(item.get("name", i))
+        name = name if name not in per_image else f"{name}_{i}"
+        per_image[name] = {
+            "psnr_y": psnr_y(sr, gt, crop_border).item(),
+            "ssim_y": ssim_y(sr, gt, crop_border).item(),
+        }
+        if save_dir is not None:
+            scale = sr.shape[-1] // item["lq"].shape[-1]
+            save_png(
+                quantize(sr[0]).mul(255).round().to(torch.uint8).cpu(), save_dir / f"{name}_x{scale}.png"
+            )
+    psnr = [r["psnr_y"] for r in per_image.values()]
+    ssim = [r["ssim_y"] for r in per_image.values()]
+    n = len(psnr)
+    return {"psnr_y": sum(psnr) / n, "ssim_y": sum(ssim) / n, "n_images": n, "per_image": per_image}
 
 
 @torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate on every folder of ``cfg.hr_dirs``; write ``cfg.output_json`` when set; return the results."""
+    """Evaluate on every folder of ``cfg.hr_dirs``; write ``cfg.output_json`` when set; return the results.
+
+    With ``cfg.save_dir`` the SR images of each folder go to ``<save_dir>/<set>/<name>_x<scale>.png``.
+    """
     scale = int(cfg.scale)
     crop = scale if cfg.get("crop_border") is None else int(cfg.crop_border)
-    device = torch.device(
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(str(cfg.device))
     sr_fn = build_sr_function(cfg, device)
+    save_root = Path(cfg.save_dir) if cfg.get("save_dir") else None
     results: dict[str, Any] = {}
     for hr_dir in [Path(d) for d in cfg.hr_dirs]:
         dataset = ImageFolderSR(hr_dir, scale, lr_dir=None, train=False)
-        results[_set_name(hr_dir, results)] = score_dataset(sr_fn, dataset, crop, device)
+        name = _set_name(hr_dir, results)
+        results[name] = score_dataset(sr_fn, dataset, crop, device, save_root / name if save_root else None)
     results["protocol"] = protocol(scale, crop, bool(cfg.self_ensemble))
     results["checkpoint"] = str(cfg.ckpt_path)
+    results["method"] = checkpoint_method(str(cfg.ckpt_path), official=bool(cfg.get("model")))
+    results["overrides"] = _command_overrides()
+    results["save_dir"] = str(save_root) if save_root else None
+    print(format_table(results))
     if cfg.get("output_json"):
         Path(cfg.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output_json).write_text(json.dumps(results, indent=2))
-    print(format_table(results))
+        Path(cfg.output_json).write_text(json.dumps(finite_or_none(results), indent=2, allow_nan=False))
+    if cfg.get("output_json") or save_root:
+        entries = [("scores", cfg.get("output_json")), ("SR images", save_root), ("log", hydra_log())]
+        print(format_outputs(entries), flush=True)
     return results
 
 
@@ -115,6 +215,8 @@ def format_table(results: dict[str, Any]) -> str:
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-eval``)."""
     log.info("eval config:\n%s", OmegaConf.to_yaml(cfg))
+    if cfg.get("output_json") is None:
+        cfg.output_json = str(Path(HydraConfig.get().runtime.output_dir) / "eval.json")
     evaluate(cfg)
 
 

@@ -1,26 +1,247 @@
-"""``meta-kd-sr-export <training checkpoint> <out.pt>``: write the student alone.
+"""``meta-kd-sr-export <checkpoint> <out> [--formats pt torchscript onnx]``: the student alone, to deploy.
 
-Reading, rebuilding and exporting live in :mod:`meta_kd_sr.models.checkpoint`.
+- ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.export_student`), which
+  ``meta-kd-sr-eval``/``meta-kd-sr-upscale`` and ``student_from_checkpoint`` rebuild;
+- ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.inference.SRForward`, a plain ``lq -> sr``
+  module (networks that are not an ``SRNet`` are traced instead);
+- ``onnx``: ``torch.onnx.export`` (the dynamo exporter, torch's default) of the same module, one
+  self-contained file, with dynamic batch, height and width by default.
+
+Every TorchScript and ONNX file is reloaded after writing and run on an input of another size than the export
+example; its output must match the eager network to ``CHECK_ATOL`` (ONNX needs ``onnxruntime`` for that run,
+else only the graph is checked).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from meta_kd_sr.models.checkpoint import export_student
+import torch
+from torch import nn
+
+from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.console import format_outputs
+from meta_kd_sr.finite import first_nonfinite
+from meta_kd_sr.inference import SRForward
+from meta_kd_sr.models import SRNet
+from meta_kd_sr.models.checkpoint import export_student, student_from_checkpoint
+
+FORMATS = ("pt", "torchscript", "onnx")
+DYNAMIC = {"all": {0: "batch", 2: "height", 3: "width"}, "hw": {2: "height", 3: "width"}, "none": None}
+DEFAULT_OPSET = 18
+# Largest |exported - eager| accepted on [0, 1] outputs: 1/40 of a uint8 level (float32 rounding differs).
+CHECK_ATOL = 1e-4
+
+
+class _PlainForward(nn.Module):
+    """``lq -> net(lq)`` for networks that are not an ``SRNet`` (traced, not scripted)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        """lq: (B, 3, h, w) -> sr: (B, 3, h * scale, w * scale)."""
+        return self.net(lq)
+
+
+def output_paths(out_path: str | Path, formats: list[str]) -> dict[str, Path]:
+    """The file of each format: ``<base>.pt``, ``<base>.torchscript.pt``, ``<base>.onnx``.
+
+    ``<base>`` is ``out_path`` without a ``.pt``/``.pth``/``.onnx`` suffix; ``pt`` goes to ``out_path`` itself
+    when it ends in ``.pt``/``.pth``.
+    """
+    out_path = Path(out_path)
+    base = out_path.with_suffix("") if out_path.suffix in (".pt", ".pth", ".onnx") else out_path
+    paths = {
+        "pt": out_path if out_path.suffix in (".pt", ".pth") else Path(f"{base}.pt"),
+        "torchscript": Path(f"{base}.torchscript.pt"),
+        "onnx": Path(f"{base}.onnx"),
+    }
+    return {f: paths[f] for f in formats}
+
+
+def export(
+    ckpt_path: str | Path,
+    out_path: str | Path,
+    formats: Sequence[str] = ("pt",),
+    opset: int = DEFAULT_OPSET,
+    dynamic: str = "all",
+    example_size: tuple[int, int] = (64, 64),
+) -> dict[str, dict[str, Any]]:
+    """Write the student of ``ckpt_path`` in each of ``formats``; reload and check TorchScript and ONNX files.
+
+    Args:
+        ckpt_path: training checkpoint (``.ckpt``) or exported ``student.pt``.
+        out_path: output file or base name (see :func:`output_paths`).
+        formats: any of ``FORMATS``.
+        opset: ONNX opset version.
+        dynamic: ONNX dynamic axes: ``all`` (batch, height, width), ``hw`` (height, width) or ``none``
+            (fixed to the example shape).
+        example_size: LR height and width of the example input the exports are made from.
+
+    Returns:
+        ``{format: {"path", "max_abs_diff"}}``, ``max_abs_diff`` ``None`` for pt and for an ONNX file checked
+        without onnxruntime; TorchScript and ONNX also give ``checked_on`` (the check input's shape) and ONNX
+        its ``opset``.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export format(s) {unknown or formats}: choose from {', '.join(FORMATS)}")
+    if dynamic not in DYNAMIC:
+        raise ValueError(f"dynamic={dynamic!r}: choose one of {', '.join(DYNAMIC)}")
+    net, config = student_from_checkpoint(ckpt_path)
+    state = net.state_dict()
+    names = [k for k, v in state.items() if v.is_floating_point()]
+    bad = first_nonfinite([state[k] for k in names])
+    if bad is not None:
+        raise FloatingPointError(f"refusing to export {ckpt_path}: {names[bad]} holds NaN/inf")
+    paths = output_paths(out_path, list(formats))
+    example, check = _inputs(example_size, dynamic)
+    module = (SRForward(net) if isinstance(net, SRNet) else _PlainForward(net)).eval()
+    with torch.no_grad():
+        expected = net.eval()(check)
+    done: dict[str, dict[str, Any]] = {}
+    for fmt, path in paths.items():
+        if fmt == "pt":
+            done[fmt] = {"path": str(export_student(ckpt_path, path)), "max_abs_diff": None}
+        elif fmt == "torchscript":
+            done[fmt] = write_torchscript(module, path, example, check, expected, config)
+        else:
+            done[fmt] = write_onnx(module, path, example, check, expected, config, opset, DYNAMIC[dynamic])
+    return done
+
+
+def _inputs(example_size: tuple[int, int], dynamic: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The export example and the check input: another height, width (and batch) where those are dynamic."""
+    height, width = (int(v) for v in example_size)
+    if height < 2 or width < 2:
+        raise ValueError(f"example size must be at least 2x2 pixels, got {height}x{width}")
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(1, 3, height, width, generator=gen)
+    if dynamic == "none":
+        return example, torch.rand(1, 3, height, width, generator=gen)
+    batch = 2 if dynamic == "all" else 1
+    return example, torch.rand(batch, 3, height + 3, width + 5, generator=gen)
+
+
+def _compare(name: str, path: Path, got: torch.Tensor, expected: torch.Tensor) -> float:
+    if got.shape != expected.shape:
+        raise ValueError(f"{name} {path}: output shape {tuple(got.shape)}, eager {tuple(expected.shape)}")
+    diff = (got - expected).abs().max().item()
+    if not diff <= CHECK_ATOL:
+        raise ValueError(f"{name} {path}: output differs from the eager network by {diff:.3g} > {CHECK_ATOL}")
+    return diff
+
+
+def write_torchscript(
+    module: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    check: torch.Tensor,
+    expected: torch.Tensor,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Script (or trace) ``module``, save it with ``config.json`` as an extra file, reload and check it."""
+    with torch.no_grad():
+        compiled = (
+            torch.jit.script(module) if isinstance(module, SRForward) else torch.jit.trace(module, example)
+        )
+    with atomic_path(path) as tmp:
+        torch.jit.save(compiled, str(tmp), _extra_files={"config.json": json.dumps(config)})
+        with torch.no_grad():
+            diff = _compare(
+                "TorchScript", path, torch.jit.load(str(tmp), map_location="cpu")(check), expected
+            )
+    return {"path": str(path), "max_abs_diff": diff, "checked_on": list(check.shape)}
+
+
+def write_onnx(
+    module: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    check: torch.Tensor,
+    expected: torch.Tensor,
+    config: dict[str, Any],
+    opset: int,
+    axes: dict[int, str] | None,
+) -> dict[str, Any]:
+    """Export ``module`` to one ONNX file (input ``lq``, output ``sr``), reload and check it."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise ValueError("ONNX export needs the onnx extra: pip install 'meta-kd-sr[onnx]'") from err
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export internals, not actionable here
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["lq"],
+            output_names=["sr"],
+            opset_version=opset,
+            dynamic_shapes={"lq": axes} if axes else None,
+            external_data=False,
+            verbose=False,
+        )
+        model = onnx.load(str(tmp))
+        written = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if written != opset:
+            raise ValueError(f"ONNX export gave opset {written}, not {opset}: try --opset {written}")
+        onnx.helper.set_model_props(model, {"scale": str(config.get("scale")), "config": json.dumps(config)})
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        diff = _run_onnx(tmp, path, check, expected)
+    return {"path": str(path), "max_abs_diff": diff, "checked_on": list(check.shape), "opset": opset}
+
+
+def _run_onnx(tmp: Path, path: Path, check: torch.Tensor, expected: torch.Tensor) -> float | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["sr"], {"lq": check.numpy()})
+    return _compare("ONNX", path, torch.from_numpy(out), expected)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``meta-kd-sr-export <training checkpoint> <out.pt>``: write the student alone."""
+    """``meta-kd-sr-export <checkpoint> <out> [--formats ...]``: write the student alone, for deployment."""
     parser = argparse.ArgumentParser(prog="meta-kd-sr-export", description=main.__doc__)
-    parser.add_argument("ckpt_path", help="training checkpoint (.ckpt) written by meta-kd-sr-train")
-    parser.add_argument("out_path", help="output file (.pt): {'state_dict', 'config'}")
+    parser.add_argument(
+        "ckpt_path", help="training checkpoint (.ckpt) written by meta-kd-sr-train, or student.pt"
+    )
+    parser.add_argument(
+        "out_path", help="output file or base name: <base>.pt, <base>.torchscript.pt, <base>.onnx"
+    )
+    parser.add_argument("--formats", nargs="+", default=["pt"], choices=FORMATS, help="formats to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--dynamic", default="all", choices=list(DYNAMIC), help="ONNX dynamic axes")
+    parser.add_argument(
+        "--example-size", nargs=2, type=int, default=[64, 64], metavar=("H", "W"), help="LR example size"
+    )
     args = parser.parse_args(argv)
     try:
-        out = export_student(args.ckpt_path, args.out_path)
+        done = export(
+            args.ckpt_path, args.out_path, args.formats, args.opset, args.dynamic, args.example_size
+        )
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(out)
+    for fmt, item in done.items():
+        if fmt != "pt":
+            print(_check_note(fmt, item["max_abs_diff"], item["checked_on"]))
+    print(format_outputs((fmt, item["path"]) for fmt, item in done.items()), flush=True)
+
+
+def _check_note(fmt: str, diff: float | None, shape: list[int]) -> str:
+    if diff is None:
+        return f"{fmt}: graph checked (install onnxruntime to also run it)"
+    return f"{fmt}: reloaded and run on a {'x'.join(map(str, shape))} input, max |diff| vs eager {diff:.2g}"
 
 
 if __name__ == "__main__":
