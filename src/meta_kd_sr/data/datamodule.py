@@ -63,7 +63,11 @@ class SRDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        sizes = {"batch_size": batch_size, "meta_batch_size": meta_batch_size, "val_batch_size": val_batch_size}
+        sizes = {
+            "batch_size": batch_size,
+            "meta_batch_size": meta_batch_size,
+            "val_batch_size": val_batch_size,
+        }
         for label, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"{label} must be >= 1, got {value}")

@@ -74,7 +74,8 @@ class MetaSettings:
                 "after the first student step: set meta.warmup_steps >= 1"
             )
         if self.objective not in META_OBJECTIVES:
-            raise ValueError(f"meta.objective must be one of {tuple(META_OBJECTIVES)}, got {self.objective!r}")
+            choices = tuple(META_OBJECTIVES)
+            raise ValueError(f"meta.objective must be one of {choices}, got {self.objective!r}")
         if self.health_window < 2:
             raise ValueError(f"meta.health_window must be >= 2 meta steps, got {self.health_window}")
         self.betas = tuple(float(b) for b in self.betas)
