@@ -104,6 +104,19 @@ def test_run_dirs_given_one_by_one_and_ignored_keys(sweep, tmp_path):
     assert float(rows[0]["val/psnr_y"]) == pytest.approx(sum(j[2] for j in JOBS) / len(JOBS))
 
 
+def test_overrides_naming_the_run_dir_itself_do_not_split_a_setting(tmp_path):
+    runs = []
+    for seed, psnr in ((0, 27.0), (1, 28.0)):
+        run = tmp_path / f"mkd-s{seed}"
+        own = f"+callbacks.timer.path={run.resolve()}/timing/timing.json"
+        runs.append(_run_dir(tmp_path, seed, ["distill=mkd", f"seed={seed}", own], psnr, 0.8, 30.0))
+        runs[-1].rename(run)
+        runs[-1] = run
+    groups = report.group_runs([report.read_run(r) for r in runs])
+    assert [g.setting for g in groups] == [("distill=mkd",)]
+    assert groups[0].mean_sd("val/psnr_y") == pytest.approx((27.5, _sd([27.0, 28.0])))
+
+
 def test_non_finite_values_and_runs_without_overrides(tmp_path):
     a = _run_dir(tmp_path, 0, ["seed=0"], 27.0, 0.8, 30.0)
     b = _run_dir(tmp_path, 1, ["seed=1"], 28.0, 0.9, 31.0)

@@ -128,11 +128,16 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
 
 
 def group_runs(runs: Sequence[Run], ignore: Iterable[str] = IGNORED) -> list[Group]:
-    """Runs grouped by their overrides minus the ``ignore`` keys, in the order of their first run."""
+    """Runs grouped by their overrides minus the ``ignore`` keys, in the order of their first run.
+
+    An override whose value names a path inside the run's own dir (e.g. a callback writing there) differs
+    from run to run by construction, so it is left out of the setting as well.
+    """
     ignore = set(ignore)
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
-        setting = tuple(o for o in run.overrides if _key(o) not in ignore)
+        own = str(Path(run.path).resolve())
+        setting = tuple(o for o in run.overrides if _key(o) not in ignore and own not in o.split("=", 1)[-1])
         groups.setdefault(tuple(sorted(setting)), Group(setting)).runs.append(run)  # order-blind
     return list(groups.values())
 
