@@ -1,6 +1,6 @@
 """``meta-kd-sr-export <checkpoint> <out> [--formats pt torchscript onnx]``: the student alone, to deploy.
 
-- ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.export_student`), which
+- ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.save_student`), which
   ``meta-kd-sr-eval``/``meta-kd-sr-upscale`` and ``student_from_checkpoint`` rebuild;
 - ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.inference.SRForward`, a plain ``lq -> sr``
   module (networks that are not an ``SRNet`` are traced instead);
@@ -26,10 +26,9 @@ from torch import nn
 
 from meta_kd_sr.atomic import atomic_path
 from meta_kd_sr.console import format_outputs
-from meta_kd_sr.finite import first_nonfinite
 from meta_kd_sr.inference import SRForward
 from meta_kd_sr.models import SRNet
-from meta_kd_sr.models.checkpoint import export_student, student_from_checkpoint
+from meta_kd_sr.models.checkpoint import exportable_student, save_student
 
 FORMATS = ("pt", "torchscript", "onnx")
 DYNAMIC = {"all": {0: "batch", 2: "height", 3: "width"}, "hw": {2: "height", 3: "width"}, "none": None}
@@ -95,12 +94,7 @@ def export(
         raise ValueError(f"unknown export format(s) {unknown or formats}: choose from {', '.join(FORMATS)}")
     if dynamic not in DYNAMIC:
         raise ValueError(f"dynamic={dynamic!r}: choose one of {', '.join(DYNAMIC)}")
-    net, config = student_from_checkpoint(ckpt_path)
-    state = net.state_dict()
-    names = [k for k, v in state.items() if v.is_floating_point()]
-    bad = first_nonfinite([state[k] for k in names])
-    if bad is not None:
-        raise FloatingPointError(f"refusing to export {ckpt_path}: {names[bad]} holds NaN/inf")
+    net, config = exportable_student(ckpt_path)  # the checkpoint is read once, for every format
     paths = output_paths(out_path, list(formats))
     example, check = _inputs(example_size, dynamic)
     module = (SRForward(net) if isinstance(net, SRNet) else _PlainForward(net)).eval()
@@ -109,7 +103,7 @@ def export(
     done: dict[str, dict[str, Any]] = {}
     for fmt, path in paths.items():
         if fmt == "pt":
-            done[fmt] = {"path": str(export_student(ckpt_path, path)), "max_abs_diff": None}
+            done[fmt] = {"path": str(save_student(net, config, path)), "max_abs_diff": None}
         elif fmt == "torchscript":
             done[fmt] = write_torchscript(module, path, example, check, expected, config)
         else:

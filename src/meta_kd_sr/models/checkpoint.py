@@ -329,15 +329,25 @@ def student_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[st
     return net.eval(), dict(config)
 
 
-def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the student of a training checkpoint alone: weights and the config that rebuilds it."""
+def exportable_student(ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The student of a checkpoint (see :func:`student_from_checkpoint`), refused if a weight is NaN/inf."""
     net, config = student_from_checkpoint(ckpt_path)
     state = net.state_dict()
     names = [k for k, v in state.items() if v.is_floating_point()]
     bad = first_nonfinite([state[k] for k in names])
     if bad is not None:
         raise FloatingPointError(f"refusing to export {os.fspath(ckpt_path)}: {names[bad]} holds NaN/inf")
+    return net, config
+
+
+def save_student(net: nn.Module, config: dict[str, Any], out_path: str | os.PathLike) -> Path:
+    """Write ``{"state_dict", "config"}`` of a network atomically (read by ``student_from_checkpoint``)."""
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        torch.save({"state_dict": state, "config": config}, tmp)
+        torch.save({"state_dict": net.state_dict(), "config": config}, tmp)
     return out_path
+
+
+def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the student of a training checkpoint alone: weights and the config that rebuilds it."""
+    return save_student(*exportable_student(ckpt_path), out_path)
