@@ -47,11 +47,12 @@ def protocol(scale: int, crop_border: int, ensemble: bool) -> dict[str, Any]:
     }
 
 
-def load_network(cfg: DictConfig, device: torch.device) -> nn.Module | None:
+def load_network(cfg: DictConfig, device: torch.device, scale: int | None = None) -> nn.Module | None:
     """The network of ``cfg.ckpt_path`` in eval mode on ``device``; ``None`` for ``ckpt_path=bicubic``.
 
     Our training checkpoint (``.ckpt``) or exported ``student.pt`` rebuilds itself from its saved config;
     an official EDSR/RCAN or BasicSR file needs the architecture, ``cfg.model`` (``model=<preset>``).
+    Given ``scale``, a network of another scale is refused.
     """
     if str(cfg.ckpt_path) == "bicubic":
         return None
@@ -59,15 +60,15 @@ def load_network(cfg: DictConfig, device: torch.device) -> nn.Module | None:
         net = load_pretrained(instantiate(cfg.model), cfg.ckpt_path, fmt=cfg.get("format"))
     else:
         net, _ = student_from_checkpoint(cfg.ckpt_path)
+    if scale is not None and getattr(net, "scale", scale) != scale:
+        raise ValueError(f"checkpoint {cfg.ckpt_path} is a x{net.scale} network but scale={scale} was asked")
     return net.to(device).eval()
 
 
 def build_sr_function(cfg: DictConfig, device: torch.device) -> SRFunction:
     """The SR function of ``cfg.ckpt_path``: bicubic, our checkpoint/export, or an official checkpoint."""
     scale = int(cfg.scale)
-    net = load_network(cfg, device)
-    if net is not None and getattr(net, "scale", scale) != scale:
-        raise ValueError(f"checkpoint {cfg.ckpt_path} is a x{net.scale} network but scale={scale} was asked")
+    net = load_network(cfg, device, scale)
     return sr_function(net, scale, cfg.tile, int(cfg.tile_overlap), bool(cfg.self_ensemble))
 
 

@@ -28,7 +28,6 @@ from meta_kd_sr.data.io import IMAGE_EXTENSIONS, read_image, save_png, to_float,
 from meta_kd_sr.inference import ModelFn, resolve_device, sr_function
 
 GRAY_MODES = ("1", "L", "LA", "La")
-_EXIF_ORIENTATION = 0x0112
 Jobs = list[tuple[Path, Path]]
 
 
@@ -90,30 +89,10 @@ def read_input(path: Path) -> tuple[torch.Tensor, bool]:
 
     Decoding follows :func:`meta_kd_sr.data.io.read_image` (8-bit only, opaque only, gray replicated).
     """
-    image = read_image(path)
-    with Image.open(path) as im:
+    image = read_image(path, upright=True)
+    with Image.open(path) as im:  # the header only: the mode
         gray = im.mode in GRAY_MODES
-        try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # a damaged EXIF block: the pixels as stored
-            orientation = 1
-    return apply_orientation(image, orientation), gray
-
-
-def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Turn (C, H, W) pixels stored with EXIF ``orientation`` (1-8) upright (``ImageOps.exif_transpose``)."""
-    flips = {2: (-1,), 3: (-2, -1), 4: (-2,)}
-    if orientation in flips:
-        return image.flip(flips[orientation])
-    if orientation == 5:
-        return image.transpose(-2, -1)
-    if orientation == 6:
-        return torch.rot90(image, -1, dims=(-2, -1))
-    if orientation == 7:
-        return image.transpose(-2, -1).flip((-2, -1))
-    if orientation == 8:
-        return torch.rot90(image, 1, dims=(-2, -1))
-    return image
+    return image, gray
 
 
 def write_output(sr: torch.Tensor, path: Path, gray: bool) -> Path:
@@ -131,12 +110,10 @@ def _network_and_scale(cfg: DictConfig, device: torch.device) -> tuple[nn.Module
     if cfg.scale is None and needs_scale:
         what = "ckpt_path=bicubic" if str(cfg.ckpt_path) == "bicubic" else "model=<preset> (official weights)"
         raise ValueError(f"scale= is required with {what}, e.g. scale=4")
-    net = load_network(cfg, device)
+    net = load_network(cfg, device, None if cfg.scale is None else int(cfg.scale))
     scale = int(cfg.scale) if cfg.scale is not None else getattr(net, "scale", None)
     if scale is None:
         raise ValueError(f"the network of {cfg.ckpt_path} does not say its scale: pass scale=")
-    if net is not None and getattr(net, "scale", scale) != scale:
-        raise ValueError(f"checkpoint {cfg.ckpt_path} is a x{net.scale} network but scale={scale} was asked")
     return net, int(scale)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from meta_kd_sr.atomic import atomic_path
 
@@ -16,7 +16,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _TO_RGB_MODES = ("RGB", "L", "1", "CMYK", "YCbCr")
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
+def read_image(path: str | os.PathLike, upright: bool = False) -> torch.Tensor:
     """Decode an 8-bit image file into an RGB uint8 tensor.
 
     Policy (the SR protocol is defined on 8-bit RGB):
@@ -32,6 +32,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
     Args:
         path: image file (any format PIL decodes: PNG, BMP, JPEG, TIFF, ...).
+        upright: turn the pixels by the file's EXIF orientation (``PIL.ImageOps.exif_transpose``), as image
+            viewers show them; ``False`` (datasets) keeps them as stored.
 
     Returns:
         (3, H, W) uint8 tensor.
@@ -43,6 +45,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         with Image.open(path) as im:
             _check_8bit(im, path)
             im.load()
+            if upright:
+                im = ImageOps.exif_transpose(im)
             im = _to_rgb(im, path)
             array = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
