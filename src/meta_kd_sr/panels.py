@@ -22,7 +22,10 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from meta_kd_sr.data.io import to_uint8
 from meta_kd_sr.inference import upscale_bicubic
+
+Features = dict[str, Tensor]
 
 GAP = 2  # white pixels between the columns of a panel
 PANEL_COLUMNS = ("LQ", "bicubic", "SR", "teacher", "GT")
@@ -83,9 +86,9 @@ def kernel_grid(kernels: Mapping[str, Tensor], cell: int = 8, gap: int = 3) -> T
     return torch.cat([torch.cat([r, torch.ones(3, gap, width)], -2) for r in rows], -2)[:, :-gap]
 
 
-def to_uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] -> (H, W, 3) uint8 (the SR protocol's rounding)."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def to_hwc_uint8(image: Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, quantised as a saved PNG (``data.io.to_uint8``)."""
+    return to_uint8(image.detach().float()).permute(1, 2, 0).cpu().numpy()
 
 
 def log_images(
@@ -105,18 +108,28 @@ def log_images(
                 logger.experiment.add_image(f"{key}/{name}", image, step, dataformats="HWC")
 
 
-def krnet_kernels(pl_module: Any, lq: Tensor) -> dict[str, Tensor]:
+def has_krnets(pl_module: Any) -> bool:
+    """Whether the module distils through KD losses that make kernels (KRNets), from a teacher."""
+    distiller = getattr(pl_module, "distiller", None)
+    if distiller is None or getattr(pl_module, "teacher", None) is None:
+        return False
+    return any(callable(getattr(m, "kernels", None)) for m in distiller.kd_losses.values())
+
+
+def krnet_kernels(
+    pl_module: Any, lq: Tensor, feats: tuple[Features, Features] | None = None
+) -> dict[str, Tensor]:
     """``{position: (N, k, k)}`` kernels the KRNets make for ``lq`` (1, 3, h, w); ``{}`` without KRNets.
 
-    Per-pixel kernels are shown at the crop's centre pixel.
+    ``feats``: the student's and teacher's features of ``lq`` when already computed. Per-pixel kernels are
+    shown at the crop's centre pixel.
     """
-    distiller, teacher = getattr(pl_module, "distiller", None), getattr(pl_module, "teacher", None)
-    if distiller is None or teacher is None or not callable(getattr(distiller, "kernels", None)):
+    if not has_krnets(pl_module):
         return {}
-    if not any(callable(getattr(m, "kernels", None)) for m in distiller.kd_losses.values()):
-        return {}
-    _, feats_s = pl_module.student(lq, return_feats=True)
-    _, feats_t = teacher(lq, return_feats=True)
+    if feats is None:
+        feats = pl_module.student(lq, return_feats=True)[1], pl_module.teacher(lq, return_feats=True)[1]
+    feats_s, feats_t = feats
+    distiller = pl_module.distiller
     out = {}
     for pos, k in distiller.kernels(feats_s, feats_t).items():
         if k.dim() == 6:  # (B, N, H, W, k, k): the centre pixel's kernels
@@ -180,22 +193,29 @@ class ValidationPanels(pl.Callback):
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The panels and (KRNet runs) kernel grids of ``crops``, as (H, W, 3) uint8 images."""
         panels, grids = [], []
+        teacher, scale = pl_module.teacher, int(pl_module.scale)
         with torch.no_grad(), precision.forward_context():
             for _, lq, gt in crops:
                 batch = precision.convert_input(lq[None].to(pl_module.device))
-                panels.append(to_uint8(self.panel(pl_module, batch, lq, gt)))
-                kernels = krnet_kernels(pl_module, batch) if self.kernels else {}
+                sr_s, feats_s = pl_module.student(
+                    batch, return_feats=True
+                )  # one forward for panel and kernels
+                sr_t, feats_t = teacher(batch, return_feats=True) if teacher is not None else (None, None)
+                panels.append(
+                    to_hwc_uint8(self.panel(lq, gt, scale, sr_s[0], None if sr_t is None else sr_t[0]))
+                )
+                show = self.kernels and has_krnets(pl_module)
+                kernels = krnet_kernels(pl_module, batch, (feats_s, feats_t)) if show else {}
                 if kernels:
-                    grids.append(to_uint8(kernel_grid(kernels, self.kernel_cell)))
+                    grids.append(to_hwc_uint8(kernel_grid(kernels, self.kernel_cell)))
         return panels, grids
 
     @staticmethod
-    def panel(pl_module: Any, batch: Tensor, lq: Tensor, gt: Tensor) -> Tensor:
-        """(3, H, W) LQ (nearest) | bicubic | SR | teacher | GT of a crop; ``batch``: ``lq`` on the module."""
-        scale = int(pl_module.scale)
+    def panel(lq: Tensor, gt: Tensor, scale: int, sr: Tensor, sr_teacher: Tensor | None) -> Tensor:
+        """(3, H, W) LQ (nearest) | bicubic | SR | teacher | GT of a crop (the teacher column when given)."""
         columns = [lq.repeat_interleave(scale, -1).repeat_interleave(scale, -2), upscale_bicubic(lq, scale)]
-        columns.append(pl_module.student(batch)[0].float().cpu())
-        if pl_module.teacher is not None:
-            columns.append(pl_module.teacher(batch)[0].float().cpu())
+        columns.append(sr.float().cpu())
+        if sr_teacher is not None:
+            columns.append(sr_teacher.float().cpu())
         columns.append(gt)
         return hstack([c.clamp(0, 1) for c in columns])
