@@ -35,7 +35,20 @@ def short_names(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k.removeprefix("train/"): v for k, v in metrics.items()}
 
 
-class StepProgressBar(TQDMProgressBar):
+class _CountsSteps:
+    """What both bars share: no reset at epoch starts when counting steps, short metric names."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Keep counting across epochs (Lightning's bar resets here)."""
+        if step_total(trainer) is None:
+            super().on_train_epoch_start(trainer, *args)  # type: ignore[misc]
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Lightning's progress bar metrics, training terms without their ``train/`` prefix."""
+        return short_names(super().get_metrics(trainer, pl_module))  # type: ignore[misc]
+
+
+class StepProgressBar(_CountsSteps, TQDMProgressBar):
     """Lightning's tqdm bar with the training bar counting iterations to ``max_steps`` (see module doc)."""
 
     def init_train_tqdm(self) -> Tqdm:
@@ -56,11 +69,6 @@ class StepProgressBar(TQDMProgressBar):
             bar_format=self.BAR_FORMAT,
         )
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        """Keep counting across epochs (Lightning's bar resets here)."""
-        if step_total(trainer) is None:
-            super().on_train_epoch_start(trainer, *args)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -80,12 +88,8 @@ class StepProgressBar(TQDMProgressBar):
         elif not self.train_progress_bar.disable:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
 
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """Lightning's progress bar metrics, training terms without their ``train/`` prefix."""
-        return short_names(super().get_metrics(trainer, pl_module))
 
-
-class RichStepProgressBar(RichProgressBar):
+class RichStepProgressBar(_CountsSteps, RichProgressBar):
     """Lightning's Rich bar with the training bar counting iterations to ``max_steps`` (see module doc)."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -98,11 +102,6 @@ class RichStepProgressBar(RichProgressBar):
         self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
         self.refresh()
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Keep counting across epochs (Lightning's bar resets here)."""
-        if step_total(trainer) is None:
-            super().on_train_epoch_start(trainer, pl_module)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -113,10 +112,6 @@ class RichStepProgressBar(RichProgressBar):
         self._update(self.train_progress_bar_id, trainer.global_step)
         self._update_metrics(trainer, pl_module)
         self.refresh()
-
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """Lightning's progress bar metrics, training terms without their ``train/`` prefix."""
-        return short_names(super().get_metrics(trainer, pl_module))
 
 
 def display_callbacks(callbacks: list[Callback], trainer_cfg: Mapping[str, Any]) -> list[Callback]:
