@@ -27,7 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from meta_kd_sr.atomic import atomic_path, remove_stale_temporaries
 from meta_kd_sr.finite import first_nonfinite
 
-# what a finished or running run leaves in its dir (the exported network: student.pt, or teacher.pt)
+# what a finished or running run leaves in its dir, besides its exported network (export_name; the two
+# names the presets use are always checked)
 RUN_OUTPUTS = ("checkpoints", "student.pt", "teacher.pt", "eval.json")
 
 
@@ -126,14 +127,18 @@ def _is_inside(path: str | os.PathLike, directory: Path) -> bool:
     return Path(path).resolve().is_relative_to(directory.resolve())
 
 
-def prepare_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool) -> None:
+def prepare_run_dir(
+    output_dir: str | os.PathLike, resume: str | None, overwrite: bool, export_name: str = "student.pt"
+) -> None:
     """Refuse a run dir that holds another run's outputs, unless resuming into it or ``overwrite`` is set.
 
-    ``overwrite=True`` deletes the old run's checkpoints, ``student.pt``/``teacher.pt`` and ``eval.json``
-    first (logs stay: loggers start a new version), so no file of the old run can pass for the new one's.
+    ``overwrite=True`` deletes the old run's checkpoints, exported network (``export_name``, and
+    ``student.pt``/``teacher.pt``) and ``eval.json`` first (logs stay: loggers start a new version), so no
+    file of the old run can pass for the new one's.
     """
     output_dir = Path(output_dir)
-    found = [name for name in RUN_OUTPUTS if _holds_output(output_dir / name)]
+    names = dict.fromkeys((*RUN_OUTPUTS, export_name))
+    found = [name for name in names if _holds_output(output_dir / name)]
     if found and not (resume and _is_inside(resume, output_dir)):
         if not overwrite:
             last = output_dir / "checkpoints" / "last.ckpt"

@@ -308,6 +308,12 @@ def test_a_run_dir_holding_a_teacher_pt_is_refused_and_overwrite_removes_it(tmp_
         prepare_run_dir(tmp_path, resume=None, overwrite=False)
     prepare_run_dir(tmp_path, resume=None, overwrite=True)
     assert not (tmp_path / "teacher.pt").exists()
+    (tmp_path / "edsr_tiny.pt").write_bytes(b"a run exported under its own name")
+    prepare_run_dir(tmp_path, resume=None, overwrite=False)  # another run's name is not this run's output
+    with pytest.raises(RunRefused, match=r"already holds a run \(edsr_tiny\.pt\)"):
+        prepare_run_dir(tmp_path, resume=None, overwrite=False, export_name="edsr_tiny.pt")
+    prepare_run_dir(tmp_path, resume=None, overwrite=True, export_name="edsr_tiny.pt")
+    assert not (tmp_path / "edsr_tiny.pt").exists()
 
 
 def test_prepare_prints_its_lr_folders(tmp_path, capsys, photos_uint8):

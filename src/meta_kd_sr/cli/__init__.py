@@ -27,3 +27,13 @@ def config_dir() -> str:
         return str(checkout)
     packaged = resources.files("meta_kd_sr") / "conf"
     return str(Path(str(packaged)).resolve())
+
+
+def hydra_log() -> Path | None:
+    """The log of the running Hydra command in its run dir (``None`` when called from Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"

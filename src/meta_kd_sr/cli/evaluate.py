@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli import config_dir, hydra_log
 from meta_kd_sr.console import format_outputs
 from meta_kd_sr.data import ImageFolderSR, save_png
 from meta_kd_sr.finite import finite_or_none
@@ -106,14 +106,6 @@ def _recorded_choice(record: Path, group: str) -> str | None:
     except Exception:  # a damaged record only loses the method's name
         return None
     return choice if isinstance(choice, str) else None
-
-
-def hydra_log() -> Path | None:
-    """The log of the running Hydra command in its run dir (``None`` when called from Python)."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
 
 
 def _command_overrides() -> list[str]:

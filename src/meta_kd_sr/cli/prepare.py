@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli import config_dir, hydra_log
 from meta_kd_sr.console import format_outputs
 from meta_kd_sr.data.prepare import default_lr_dir, generate_lr_folder
 
@@ -34,18 +34,8 @@ def prepare(cfg: DictConfig) -> dict[int, Path]:
         done[s] = lr_dir
         counts[s] = len(files)
     lines = [(f"x{s} LR", f"{d} ({counts[s]} images)") for s, d in done.items()]
-    print(format_outputs([*lines, ("log", _hydra_log())]), flush=True)
+    print(format_outputs([*lines, ("log", hydra_log())]), flush=True)
     return done
-
-
-def _hydra_log() -> Path | None:
-    """The log of this command in Hydra's run dir (``None`` when not run by Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="prepare")

@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     resume, export_name = cfg.get("resume"), _export_name(cfg)
     if rank_zero_only.rank == 0:  # ranks started by a launcher see the dir that rank 0 has already checked
-        prepare_run_dir(output_dir, resume, bool(cfg.get("overwrite", False)))
+        prepare_run_dir(output_dir, resume, bool(cfg.get("overwrite", False)), export_name)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_meta_split(module.meta_enabled, datamodule.has_split("meta"), _choice("distill"), _choice("data"))
