@@ -190,14 +190,7 @@ class Distiller(nn.Module):
         Returns:
             ``{position: tensor}`` for the losses that have such an input (KRNets with detached inputs).
         """
-        if not self.has_kd_loss or self.pairwise:
-            return {}
-        out = {}
-        for pos, raw, f_s, f_t in zip(self.positions, *self._kd_inputs(feats_s, feats_t)):
-            prepared = self.kd_losses[pos].prepare(f_s, f_t, raw)
-            if prepared is not None:
-                out[pos] = prepared
-        return out
+        return self._per_position("prepare", feats_s, feats_t)
 
     @torch.no_grad()
     def kernels(
@@ -209,13 +202,24 @@ class Distiller(nn.Module):
             ``{position: (B, N, k, k)}`` (or ``(B, N, H, W, k, k)`` for per-pixel kernels); ``{}`` when no
             KD loss has a ``kernels`` method.
         """
+        return self._per_position("kernels", feats_s, feats_t)
+
+    def _per_position(
+        self, method: str, feats_s: Mapping[str, torch.Tensor], feats_t: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``{position: kd_loss.<method>(f_s, f_t, raw)}`` where the position's loss has ``method``.
+
+        Positions whose loss lacks the method or returns ``None`` are left out; ``{}`` without KD losses or
+        with pairwise ones.
+        """
         if not self.has_kd_loss or self.pairwise:
             return {}
         out = {}
         for pos, raw, f_s, f_t in zip(self.positions, *self._kd_inputs(feats_s, feats_t)):
-            module = self.kd_losses[pos]
-            if callable(getattr(module, "kernels", None)):
-                out[pos] = module.kernels(f_s, f_t, raw)
+            method_fn = getattr(self.kd_losses[pos], method, None)
+            value = method_fn(f_s, f_t, raw) if callable(method_fn) else None
+            if value is not None:
+                out[pos] = value
         return out
 
     def kd_terms(
