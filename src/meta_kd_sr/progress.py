@@ -43,6 +43,18 @@ class _CountsSteps:
         if step_total(trainer) is None:
             super().on_train_epoch_start(trainer, *args)  # type: ignore[misc]
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Move the bar to the global step (``_show_step``) when counting steps; else Lightning's update."""
+        if step_total(trainer) is None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[misc]
+        else:
+            self._show_step(trainer, pl_module)
+
+    def _show_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Lightning's progress bar metrics, training terms without their ``train/`` prefix."""
         return short_names(super().get_metrics(trainer, pl_module))  # type: ignore[misc]
@@ -69,13 +81,8 @@ class StepProgressBar(_CountsSteps, TQDMProgressBar):
             bar_format=self.BAR_FORMAT,
         )
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def _show_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Move the bar to the global step and show the loss terms."""
-        if step_total(trainer) is None:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            return
         bar, step = self.train_progress_bar, trainer.global_step
         if self._should_update(step, bar.total) and not bar.disable:
             bar.n = step
@@ -102,13 +109,8 @@ class RichStepProgressBar(_CountsSteps, RichProgressBar):
         self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
         self.refresh()
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def _show_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Move the bar to the global step and show the loss terms."""
-        if step_total(trainer) is None:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            return
         self._update(self.train_progress_bar_id, trainer.global_step)
         self._update_metrics(trainer, pl_module)
         self.refresh()
