@@ -21,10 +21,13 @@ Peak memory is measured per variant in a fresh subprocess: the increase of the p
 (``ru_maxrss``) over the resident size once the models, optimizers and batches are built, with the allocator
 told to hand freed memory back at once (so the resident size follows the live tensors).
 
+``--paper`` times every method at the paper's shapes instead (EDSR 64x16 <- 256x32, RCAN 10x6 <- 10x20, LR 48,
+batch 16), built from the ``conf/`` presets: see ``benchmarks/paper_step.py``.
+
 Run from the repository root (``make bench-step`` preloads jemalloc when installed: glibc malloc makes CPU
 timings swing 3x in small VMs)::
 
-    LD_PRELOAD=libjemalloc.so.2 .venv/bin/python benchmarks/bench_step.py [--all]
+    LD_PRELOAD=libjemalloc.so.2 .venv/bin/python benchmarks/bench_step.py [--all | --paper]
 """
 
 from __future__ import annotations
@@ -297,6 +300,13 @@ def main() -> None:
     )
     parser.add_argument("--stage-iters", type=int, default=5)
     parser.add_argument("--child", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--paper", action="store_true", help="every method at the paper's shapes (paper_step)"
+    )
+    parser.add_argument("--json", type=Path, help="--paper: also write the results to this JSON file")
+    if "--paper" in sys.argv:
+        paper_main(parser)
+        return
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -319,6 +329,26 @@ def main() -> None:
         print()
         print(stage_report(args))
     print(f"total {time.perf_counter() - start:.0f} s")
+
+
+def paper_main(parser: argparse.ArgumentParser) -> None:
+    """``--paper``: the methods at the paper's shapes on CPU (one torch thread unless --threads)."""
+    import paper_step  # noqa: PLC0415 (this folder is on sys.path when the script runs)
+
+    paper = argparse.ArgumentParser(parents=[parser], add_help=False, conflict_handler="resolve")
+    paper_step.add_arguments(paper)
+    paper.set_defaults(threads=1)
+    args = paper.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    print(paper_step.header(args, device), flush=True)
+    out = paper_step.run(args, device, log=lambda line: print(line, flush=True))
+    print(out["table"])
+    if out["stage_table"]:
+        print()
+        print(out["stage_table"])
+    if args.json:
+        args.json.write_text(json.dumps({"header": paper_step.header(args, device), **out}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import run_iteration, train_part
-from meta_kd_sr.meta.settings import MetaSettings
+from meta_kd_sr.meta.settings import MetaSettings, precision_problem
 from meta_kd_sr.metrics import PSNRY, SSIMY
 from meta_kd_sr.models import accepts_features_only
 from meta_kd_sr.teacher import freeze_teacher
@@ -48,6 +48,10 @@ class SRModule(pl.LightningModule):
         crop_border: pixels removed on each side for PSNR/SSIM (default: ``scale``).
         val_self_ensemble: evaluate with the x8 self-ensemble.
         val_tile: LR tile size for tiled validation of large images (``None``: whole image).
+        channels_last: keep the student, the teacher and the training inputs in channels-last memory format
+            (NHWC), which cuDNN's tensor-core convolutions prefer; the results agree with NCHW to rounding.
+        compile_teacher: run the frozen teacher's training forward through ``torch.compile`` (compiled on the
+            first batch). The meta step itself is never compiled (``torch.compile`` has no double backward).
         student_config: the student's constructor config, saved so a checkpoint rebuilds it.
         teacher_config: the teacher's config (network + checkpoint path), saved for the same reason.
     """
@@ -64,6 +68,8 @@ class SRModule(pl.LightningModule):
         crop_border: int | None = None,
         val_self_ensemble: bool = False,
         val_tile: int | None = None,
+        channels_last: bool = False,
+        compile_teacher: bool = False,
         student_config: Mapping[str, Any] | None = None,
         teacher_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -76,6 +82,12 @@ class SRModule(pl.LightningModule):
                 "this distillation method needs a teacher: set teacher=<preset> teacher.ckpt_path=..."
             )
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
+        self.channels_last, self.compile_teacher = channels_last, compile_teacher
+        if channels_last:
+            for net in (self.student, self.teacher):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+        self._compiled: dict[str, Callable[..., Any]] = {}  # a dict: not registered as a submodule
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.meta = meta if isinstance(meta, MetaSettings) else MetaSettings(**dict(meta or {}))
@@ -108,8 +120,11 @@ class SRModule(pl.LightningModule):
         The teacher is never trained; the KRNets get their gradients from ``torch.autograd.grad``, which DDP
         never reduces (the meta iteration averages them), and are frozen in the student step. What remains in
         DDP (student and adapters) gets a gradient in every student step: ``find_unused_parameters`` stays
-        off.
+        off. A precision the meta iteration cannot honour is refused here (``meta.precision_problem``).
         """
+        problem = precision_problem(str(self.trainer.precision), self.meta_enabled)
+        if problem is not None:
+            raise ValueError(problem)
         exclude_from_ddp(self, DDP_EXCLUDED)
 
     def on_fit_start(self) -> None:
@@ -152,10 +167,19 @@ class SRModule(pl.LightningModule):
         """
         if self.teacher is None or not self.distiller.needs_teacher:
             return None, None
+        teacher = self._teacher_fn()
         if self.distiller.output_weight == 0 and accepts_features_only(self.teacher):
-            return None, self.teacher(lq, features_only=True)
-        sr_t, feats_t = self.teacher(lq, return_feats=True)
+            return None, teacher(lq, features_only=True)
+        sr_t, feats_t = teacher(lq, return_feats=True)
         return sr_t, feats_t
+
+    def _teacher_fn(self) -> Callable[..., Any]:
+        """The teacher, or its ``torch.compile`` wrapper (built once) when ``compile_teacher`` is set."""
+        if not self.compile_teacher:
+            return self.teacher
+        if "teacher" not in self._compiled:
+            self._compiled["teacher"] = torch.compile(self.teacher)
+        return self._compiled["teacher"]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """One iteration (``iteration``), the schedulers' step and the logs."""
@@ -189,6 +213,8 @@ class SRModule(pl.LightningModule):
             The student step's loss terms (``loss``, ``loss_rec``, ...) and the values to log; with meta
             learning on, ``train/meta_skipped`` counts the KRNet updates skipped so far.
         """
+        if self.channels_last:
+            batch = _channels_last(batch)
         with record_function("iteration/teacher"):
             teacher_out = self.teacher_forward(train_part(batch)["lq"])
         trainer = self._trainer
@@ -270,3 +296,15 @@ class SRModule(pl.LightningModule):
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+
+def _channels_last(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` with every 4-D tensor (nested one level for train/meta batches) in channels-last format."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() == 4:
+            return value.contiguous(memory_format=torch.channels_last)
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(batch)

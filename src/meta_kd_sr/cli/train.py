@@ -21,6 +21,7 @@ from meta_kd_sr.cli.evaluate import evaluate
 from meta_kd_sr.cli.loggers import build_loggers, run_config
 from meta_kd_sr.console import quiet_known_noise, run_outputs
 from meta_kd_sr.finite import NonFiniteError, finite_or_none
+from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
 from meta_kd_sr.progress import display_callbacks
@@ -62,6 +63,8 @@ def build_module(cfg: DictConfig) -> SRModule:
         scale=cfg.scale,
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
+        channels_last=bool(cfg.get("speed", {}).get("channels_last", False)),
+        compile_teacher=bool(cfg.get("speed", {}).get("compile_teacher", False)),
         student_config=OmegaConf.to_container(cfg.model, resolve=True),
         teacher_config=_teacher_config(cfg, teacher),
     )
@@ -104,6 +107,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    problem = precision_problem(str(trainer.precision), module.meta_enabled)
+    if problem is not None:  # before fit: one line, and no rank is started
+        raise RunRefused(problem)
     if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
         for lg in trainer.loggers:
             _ = lg.version  # resolve it now: the evaluation after fit must not start a new logger version

@@ -17,6 +17,25 @@ META_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     "mse": F.mse_loss,
 }
 
+# Trainer precisions a meta iteration honours. Its gradients come from ``torch.autograd.grad``, outside
+# Lightning's GradScaler, so float16 (never loss-scaled) is refused, and so are half-precision weights, whose
+# pseudo step theta - alpha * g would round away most of alpha * g.
+META_PRECISIONS = ("32-true", "64-true", "bf16-mixed")
+
+
+def precision_problem(precision: str, meta_enabled: bool) -> str | None:
+    """Why ``trainer.precision=precision`` cannot train this run (``None``: it can).
+
+    Without meta-learning every Lightning precision goes through Lightning's own backward and optimizer
+    step. With meta-learning only ``META_PRECISIONS`` are honoured (see the comment above them).
+    """
+    if not meta_enabled or precision in META_PRECISIONS:
+        return None
+    return (
+        f"trainer.precision={precision} is not supported with meta-learning (its gradients are not "
+        f"loss-scaled): use one of {', '.join(META_PRECISIONS)} (bf16-mixed on GPUs), or distill=mkd_frozen"
+    )
+
 
 @dataclass
 class MetaSettings:
