@@ -84,3 +84,11 @@ def photo_batch(photos_uint8) -> torch.Tensor:
         top, left = (h - 96) // 2, (w - 96) // 2
         crops.append(torch.from_numpy(im[top : top + 96, left : left + 96].copy()).permute(2, 0, 1))
     return torch.stack(crops).float() / 255.0
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_ckpt(tmp_path_factory):
+    """A tiny teacher (EDSR 16 x 2) trained a few iterations on CPU (its quality does not matter here)."""
+    from helpers.train_config import train_tiny_teacher
+
+    return train_tiny_teacher(tmp_path_factory.mktemp("teacher"))

@@ -300,6 +300,7 @@ class SRModule(pl.LightningModule):
 
 def _channels_last(batch: Mapping[str, Any]) -> dict[str, Any]:
     """``batch`` with every 4-D tensor (nested one level for train/meta batches) in channels-last format."""
+
     def convert(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() == 4:
             return value.contiguous(memory_format=torch.channels_last)

@@ -15,6 +15,7 @@ else only the graph is checked).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from torch import nn
 
 from meta_kd_sr.atomic import atomic_path
 from meta_kd_sr.console import format_outputs
-from meta_kd_sr.inference import SRForward
+from meta_kd_sr.inference import SRForward, resolve_device
 from meta_kd_sr.models import SRNet
 from meta_kd_sr.models.checkpoint import exportable_student, save_student
 
@@ -72,6 +73,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     dynamic: str = "all",
     example_size: tuple[int, int] = (64, 64),
+    device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Write the student of ``ckpt_path`` in each of ``formats``; reload and check TorchScript and ONNX files.
 
@@ -83,6 +85,9 @@ def export(
         dynamic: ONNX dynamic axes: ``all`` (batch, height, width), ``hw`` (height, width) or ``none``
             (fixed to the example shape).
         example_size: LR height and width of the example input the exports are made from.
+        device: where the TorchScript file is reloaded and checked against the eager network (``cpu``,
+            ``cuda``, ``cuda:<n>``, ``auto``). Files are always written from CPU weights; ONNX is checked
+            with ONNX Runtime's CPU provider.
 
     Returns:
         ``{format: {"path", "max_abs_diff"}}``, ``max_abs_diff`` ``None`` for pt and for an ONNX file checked
@@ -98,14 +103,19 @@ def export(
     paths = output_paths(out_path, list(formats))
     example, check = _inputs(example_size, dynamic)
     module = (SRForward(net) if isinstance(net, SRNet) else _PlainForward(net)).eval()
+    target = resolve_device(device)
     with torch.no_grad():
         expected = net.eval()(check)
+        # the eager reference on the device the TorchScript file is checked on (same kernels, e.g. TF32)
+        on_target = (
+            expected if target.type == "cpu" else copy.deepcopy(net).to(target)(check.to(target)).cpu()
+        )
     done: dict[str, dict[str, Any]] = {}
     for fmt, path in paths.items():
         if fmt == "pt":
             done[fmt] = {"path": str(save_student(net, config, path)), "max_abs_diff": None}
         elif fmt == "torchscript":
-            done[fmt] = write_torchscript(module, path, example, check, expected, config)
+            done[fmt] = write_torchscript(module, path, example, check, on_target, config, target)
         else:
             done[fmt] = write_onnx(module, path, example, check, expected, config, opset, DYNAMIC[dynamic])
     return done
@@ -140,8 +150,14 @@ def write_torchscript(
     check: torch.Tensor,
     expected: torch.Tensor,
     config: dict[str, Any],
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Script (or trace) ``module``, save it with ``config.json`` as an extra file, reload and check it."""
+    """Script (or trace) ``module``, save it with ``config.json`` as an extra file, reload and check it.
+
+    The file is reloaded onto ``device`` (CPU by default) and run there on ``check``; ``expected`` is the
+    eager output on that device.
+    """
+    device = device or torch.device("cpu")
     with torch.no_grad():
         compiled = (
             torch.jit.script(module) if isinstance(module, SRForward) else torch.jit.trace(module, example)
@@ -149,9 +165,8 @@ def write_torchscript(
     with atomic_path(path) as tmp:
         torch.jit.save(compiled, str(tmp), _extra_files={"config.json": json.dumps(config)})
         with torch.no_grad():
-            diff = _compare(
-                "TorchScript", path, torch.jit.load(str(tmp), map_location="cpu")(check), expected
-            )
+            loaded = torch.jit.load(str(tmp), map_location=device)
+            diff = _compare("TorchScript", path, loaded(check.to(device)).cpu(), expected)
     return {"path": str(path), "max_abs_diff": diff, "checked_on": list(check.shape)}
 
 
@@ -216,13 +231,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", nargs="+", default=["pt"], choices=FORMATS, help="formats to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument("--dynamic", default="all", choices=list(DYNAMIC), help="ONNX dynamic axes")
+    parser.add_argument("--device", default="cpu", help="where TorchScript is checked: cpu, cuda, auto")
     parser.add_argument(
         "--example-size", nargs=2, type=int, default=[64, 64], metavar=("H", "W"), help="LR example size"
     )
     args = parser.parse_args(argv)
     try:
         done = export(
-            args.ckpt_path, args.out_path, args.formats, args.opset, args.dynamic, args.example_size
+            args.ckpt_path,
+            args.out_path,
+            args.formats,
+            args.opset,
+            args.dynamic,
+            args.example_size,
+            args.device,
         )
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")

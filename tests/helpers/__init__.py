@@ -1,0 +1,1 @@
+"""Helpers shared by the test folders (import as ``from helpers.run_if import RunIf``)."""
