@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN := $(if $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2),LD_PRELOAD=libjemalloc.so.2,)
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-slow lint demo bench-data bench-step bench-quality clean
+.PHONY: install test test-slow lint demo bench-data bench-step bench-quality gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ bench-step: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(RUN) $(PY) benchmarks/bench_quality.py $(ARGS)
+
+# CUDA tests, paper-shape step costs, loader throughput: `make gpu-check` (ARGS=--dry: CPU code path).
+GPU_CHECK_OUT ?= outputs/gpu_check
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_check.sh $(GPU_CHECK_OUT) $(ARGS)
+
+# Wheels scripts/gpu_check.sh installs on a GPU machine without network (Python 3.12, x86-64 Linux).
+GPU_WHEELS := hydra-core omegaconf antlr4-python3-runtime higher bicubic-pytorch
+gpu-wheels: $(STAMP)
+	mkdir -p .whl
+	$(PY) -m pip wheel -q --no-deps -c requirements/constraints.txt -w .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -44,9 +44,12 @@ def build_div2k(root: Path, n_images: int, height: int, width: int) -> None:
 
 
 def make_loader(
-    root: Path, args: argparse.Namespace, cache: str, workers: int
+    root: Path, args: argparse.Namespace, cache: str, workers: int, pin_memory: bool = False
 ) -> torch.utils.data.DataLoader:
-    """The training loader exactly as the DataModule builds it (after prepare_data and setup)."""
+    """The training loader exactly as the DataModule builds it (after prepare_data and setup).
+
+    ``pin_memory`` also keeps the workers alive between epochs (``persistent_workers``), as ``data=div2k``.
+    """
     samples = args.batch * (args.warmup + args.batches) * 2
 
     def factory() -> DIV2K:
@@ -59,19 +62,38 @@ def make_loader(
             cache=cache,
         )
 
-    dm = SRDataModule(train=factory, batch_size=args.batch, num_workers=workers, seed=0)
+    dm = SRDataModule(
+        train=factory,
+        batch_size=args.batch,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=pin_memory,
+        seed=0,
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm.train_dataloader()["train"]
 
 
-def patches_per_second(loader: torch.utils.data.DataLoader, warmup: int, batches: int) -> float:
-    """Patches per second over ``batches`` batches after ``warmup`` batches (worker start-up excluded)."""
+def patches_per_second(
+    loader: torch.utils.data.DataLoader, warmup: int, batches: int, device: torch.device | None = None
+) -> float:
+    """Patches per second over ``batches`` batches after ``warmup`` batches (worker start-up excluded).
+
+    With ``device``, each batch is also copied there (``non_blocking``, as Lightning moves pinned batches),
+    and the time includes the copies.
+    """
     iterator = iter(loader)
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
-    n = sum(next(iterator)["gt"].shape[0] for _ in range(batches))
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(iterator)
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        n += batch["gt"].shape[0]
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     del iterator
     return n / elapsed

@@ -304,6 +304,9 @@ def main() -> None:
         "--paper", action="store_true", help="every method at the paper's shapes (paper_step)"
     )
     parser.add_argument("--json", type=Path, help="--paper: also write the results to this JSON file")
+    parser.add_argument(
+        "--store", type=Path, help="--paper: per-variant results, kept to resume a stopped run"
+    )
     if "--paper" in sys.argv:
         paper_main(parser)
         return
@@ -342,7 +345,7 @@ def paper_main(parser: argparse.ArgumentParser) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     print(paper_step.header(args, device), flush=True)
-    out = paper_step.run(args, device, log=lambda line: print(line, flush=True))
+    out = paper_step.run(args, device, log=lambda line: print(line, flush=True), store=args.store)
     print(out["table"])
     if out["stage_table"]:
         print()

@@ -11,7 +11,8 @@ on random crops of the embedded photos:
   with each meta engine (``mkd`` = higher, ``mkd_func``, ``mkd_reference``);
 - precisions: ``fp32``, and ``bf16`` (the iteration under bf16 autocast, float32 weights: what
   ``trainer.precision=bf16-mixed`` runs);
-- speed levers (``--levers``): ``+cl`` (``speed.channels_last``) and ``+ct`` (``speed.compile_teacher``).
+- speed levers (``--levers``): ``+cl`` (``speed.channels_last``), ``+ct`` (``speed.compile_teacher``) and, on
+  CUDA, ``+cb`` (``trainer.benchmark``: cuDNN picks the fastest convolution algorithm per shape).
 
 Time: on CPU the thread CPU time of each iteration (one torch thread is advised: wall time on a shared
 machine swings with its load, CPU time much less); on CUDA the CUDA-event time of each iteration (the
@@ -22,6 +23,7 @@ size over the timed iterations (``VmHWM``, reset per variant), minus the residen
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +69,8 @@ METHODS = {
     "mkd_reference": ["distill=mkd", "meta.engine=reference"],
 }
 DEFAULT_METHODS = ("scratch", "output", "fakd", "mkd_frozen", "mkd", "mkd_func")
-LEVERS = {"cl": "channels_last", "ct": "compile_teacher"}
+LEVERS = {"cl": "channels_last", "ct": "compile_teacher", "cb": "cudnn_benchmark"}
+MODULE_LEVERS = ("cl", "ct")  # SRModule options; "cb" is the global cuDNN flag, set around the variant
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def build_step(v: Variant, device: torch.device, tiny: bool, patch: int, batch: 
         student_channels=dict(student.feature_channels),
         teacher_channels=dict(teacher.feature_channels),
     )
-    levers = {LEVERS[lv]: True for lv in v.levers}
+    levers = {LEVERS[lv]: True for lv in v.levers if lv in MODULE_LEVERS}
     module = SRModule(
         student,
         optimizer=instantiate(cfg.optim.optimizer),
@@ -206,6 +209,15 @@ class CpuMemory:
 
 def measure(v: Variant, device: torch.device, args: Any) -> Measured:
     """Build ``v``, run ``args.warmup`` iterations, then time ``args.iters`` and take the peak memory."""
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = "cb" in v.levers
+    try:
+        return _measure(v, device, args)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+
+
+def _measure(v: Variant, device: torch.device, args: Any) -> Measured:
     step, params = build_step(v, device, args.tiny, args.patch, args.batch)
     for i in range(args.warmup):
         step(i)
@@ -238,14 +250,15 @@ def _timed(step: Callable[[int], None], i: int, device: torch.device) -> float:
     return time.thread_time() - start_cpu
 
 
-def variants(families: Sequence[str], methods: Sequence[str], precisions: Sequence[str], levers: bool):
-    """Every family x method x precision; with ``levers`` also each lever on output KD and MKD."""
+def variants(
+    families: Sequence[str], methods: Sequence[str], precisions: Sequence[str], levers: Sequence[str] = ()
+) -> list[Variant]:
+    """Every family x method x precision, then each of ``levers`` alone on output KD and MKD."""
     out = [Variant(f, m, p) for f in families for p in precisions for m in methods]
-    if levers:
-        for f in families:
-            for p in precisions:
-                for m in [m for m in ("output", "mkd") if m in methods]:
-                    out += [Variant(f, m, p, (lv,)) for lv in LEVERS]
+    for f in families:
+        for p in precisions:
+            for m in [m for m in ("output", "mkd") if m in methods]:
+                out += [Variant(f, m, p, (lv,)) for lv in levers]
     return out
 
 
@@ -317,14 +330,34 @@ def stage_table(per: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-def run(args: Any, device: torch.device, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every variant of ``args``; return the results (JSON-ready) and the markdown tables."""
-    chosen = variants(args.families, args.methods, args.precisions, args.levers)
-    results = []
+def run(
+    args: Any, device: torch.device, log: Callable[[str], None] = print, store: Path | None = None
+) -> dict[str, Any]:
+    """Measure every variant of ``args``; return the results (JSON-ready) and the markdown tables.
+
+    With ``store``, each variant's result is written there as soon as it is measured, and variants already in
+    it (by name) are not measured again: a stopped run resumes where it was.
+    """
+    levers = [lv for lv in (args.levers or []) if device.type == "cuda" or lv not in ("cb",)]
+    chosen = variants(args.families, args.methods, args.precisions, levers)
+    kept = json.loads(store.read_text()) if store is not None and store.is_file() else {}
+    results, errors = [], {}
     for v in chosen:
+        if v.name in kept:
+            results.append(_from_dict(v, kept[v.name]))
+            log(f"  {v.name}: {results[-1].median:.4f} s/it (stored)")
+            continue
         start = time.perf_counter()
-        results.append(measure(v, device, args))
+        try:
+            results.append(measure(v, device, args))
+        except Exception as err:  # e.g. a lever that does not build here: the other variants still count
+            errors[v.name] = f"{type(err).__name__}: {str(err)[:500]}"
+            log(f"  {v.name}: failed: {errors[v.name]}")
+            continue
         log(f"  {v.name}: {results[-1].median:.4f} s/it ({time.perf_counter() - start:.0f} s)")
+        if store is not None:
+            kept[v.name] = results[-1].as_dict()
+            store.write_text(json.dumps(kept, indent=1))
     per_stage = {}
     if args.stages:
         for f in args.families:
@@ -332,10 +365,15 @@ def run(args: Any, device: torch.device, log: Callable[[str], None] = print) -> 
                 per_stage[f"{f}/{m}"] = stages(Variant(f, m, args.precisions[0]), device, args)
     return {
         "results": [r.as_dict() for r in results],
+        "errors": errors,
         "stages": per_stage,
         "table": table(results, device.type == "cpu"),
         "stage_table": stage_table(per_stage) if per_stage else "",
     }
+
+
+def _from_dict(v: Variant, d: dict[str, Any]) -> Measured:
+    return Measured(v, list(d["seconds"]), int(d["peak_bytes"]), int(d["base_bytes"]), dict(d["params"]))
 
 
 def add_arguments(parser: Any) -> None:
@@ -343,7 +381,12 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
-    parser.add_argument("--levers", action="store_true", help="also time each speed lever on output/mkd")
+    parser.add_argument(
+        "--levers",
+        nargs="*",
+        choices=list(LEVERS),
+        help="also time each lever alone on output/mkd (cb: CUDA)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny networks of the same presets (tests)")
     parser.add_argument("--patch", type=int, default=48, help="LR patch side")
     parser.add_argument("--batch", type=int, default=16)
