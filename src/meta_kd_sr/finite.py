@@ -28,23 +28,26 @@ def _where(iteration: int | None) -> str:
 def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor holding a NaN or an infinity, or ``None`` when all are finite.
 
-    One ``torch._foreach_norm`` and one ``isfinite``: a single synchronisation instead of one per tensor. A
-    finite L2 norm means every element is finite; only when a norm is not (a bad element, or a sum of squares
-    that overflows) are the tensors looked at one by one.
+    One ``torch._foreach_norm`` and one ``isfinite`` per device (a checkpoint holds CUDA weights beside CPU
+    counters): one synchronisation per device instead of one per tensor. A finite L2 norm means every element
+    is finite; only when a norm is not (a bad element, or a sum of squares that overflows) are the tensors
+    looked at one by one.
 
     Args:
-        tensors: any shapes, floating dtypes, same device.
+        tensors: any shapes, floating dtypes, any devices.
     """
-    index = [i for i, t in enumerate(tensors) if t.numel()]  # an empty tensor is finite
-    if not index:
-        return None
-    norms = torch._foreach_norm([tensors[i] for i in index])
-    dtype = norms[0].dtype
-    finite = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms]).isfinite()
-    if bool(finite.all()):
-        return None
-    suspects = [index[int(j)] for j in (~finite).nonzero().flatten()]
-    return next((i for i in suspects if not bool(tensors[i].isfinite().all())), None)
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.numel():  # an empty tensor is finite
+            groups.setdefault(t.device, []).append(i)
+    suspects: list[int] = []
+    for index in groups.values():
+        norms = torch._foreach_norm([tensors[i] for i in index])
+        dtype = norms[0].dtype
+        finite = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms]).isfinite()
+        if not bool(finite.all()):
+            suspects += [index[int(j)] for j in (~finite).nonzero().flatten()]
+    return next((i for i in sorted(suspects) if not bool(tensors[i].isfinite().all())), None)
 
 
 def check_terms(terms: Mapping[str, Tensor], iteration: int | None = None) -> None:

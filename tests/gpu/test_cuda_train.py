@@ -54,7 +54,7 @@ def test_16_mixed_is_refused_with_meta_learning_and_trains_output_kd(tmp_path, t
 def test_checkpoint_moves_between_cpu_and_cuda(tmp_path, tiny_teacher_ckpt, first):
     """A run trained on one device resumes on the other; its exported student gives the same SR on both."""
     second = "cpu" if first == "gpu" else "gpu"
-    mkd = [*_kd("mkd", tiny_teacher_ckpt), "trainer.precision=32-true", "trainer.benchmark=false"]
+    mkd = [*_kd("mkd", tiny_teacher_ckpt), "trainer.precision=32-true"]
     run = train(compose_train(tmp_path / first, [*(GPU if first == "gpu" else []), *mkd], accelerator=first))
     resumed = train(
         compose_train(

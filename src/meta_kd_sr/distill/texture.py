@@ -79,30 +79,44 @@ def _sign_adjoint(weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
 class _SignAdjoint(torch.autograd.Function):
     """``_sign_adjoint`` differentiable in ``weight`` (the sign maps are constants).
 
-    The backward recomputes each image's sign map (bit-identical) instead of keeping B of them: no memory
-    beyond the residual, which the loss keeps anyway. It is built from differentiable ops, so higher orders
-    stay exact.
+    The backward recomputes each image's sign map (bit-identical: under the autocast state of the forward)
+    instead of keeping B of them: no memory beyond the residual, which the loss keeps anyway. Under autocast
+    the forward's filtering ran in the autocast dtype, so the backward runs its weight-gradient filtering in
+    that dtype too (``convolution_backward`` is no autocast op and CUDA refuses mixed dtypes) and returns
+    the gradient in the weight's dtype. It is built from differentiable ops, so higher orders stay exact.
     """
 
     @staticmethod
     def forward(ctx, weight: Tensor, residual: Tensor, unit: Tensor) -> Tensor:
         ctx.save_for_backward(weight, residual, unit)
+        device = residual.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return _sign_adjoint(weight, residual, unit)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         weight, residual, unit = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
         pad = weight.shape[-1] // 2
         mask = [False, True, False]
         grads = []
         for g, r, u, w in zip(grad, residual, unit, weight):
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
                 signs = filter_image(r, u).sign_()
-            grads.append(
-                torch.ops.aten.convolution_backward(
-                    g.unsqueeze(1), signs, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
-                )[1]
-            )
+            grad_w = torch.ops.aten.convolution_backward(
+                g.unsqueeze(1).to(signs.dtype),
+                signs,
+                w.to(signs.dtype),
+                None,
+                [1, 1],
+                [pad, pad],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                mask,
+            )[1]
+            grads.append(grad_w.to(weight.dtype))
         return torch.stack(grads), None, None
 
 
