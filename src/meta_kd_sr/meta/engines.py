@@ -1,8 +1,10 @@
 """The two engines of the differentiable pseudo step: ``higher`` and its ``torch.func`` twin.
 
-Both form theta' = theta - step(g) from the pseudo-step gradient g, whose graph to phi is kept (exact second
-order; ``meta_kd_sr.meta.carried``), and return the meta loss at theta'. They must agree to rounding;
-``meta_kd_sr.meta.step.meta_gradient`` is the public entry point.
+Both form theta_1 = theta - step(g) from the pseudo-step gradient g, whose graph to phi is kept (exact second
+order; ``meta_kd_sr.meta.carried``), and return the meta loss at theta'. With an ``Unroll`` (K > 1 pseudo
+steps) they go on from theta_1: theta_(k+1) = theta_k - step(grad inner_loss(theta_k)), each gradient taken
+with its graph (``create_graph``: theta_k depends on phi, so its Jacobian does too), and theta' = theta_K.
+They must agree to rounding; ``meta_kd_sr.meta.step.meta_gradient`` is the public entry point.
 """
 
 from __future__ import annotations
@@ -17,6 +19,22 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 GradReduce = Callable[[list[Tensor]], Sequence[Tensor]]
+InnerLoss = Callable[[Tensor, dict[str, Tensor]], Tensor]
+
+
+@dataclass
+class Unroll:
+    """The pseudo steps after the first, for K > 1.
+
+    Attributes:
+        inner_loss: ``(sr, feats) -> scalar``, the distillation objective on the train batch.
+        lq: (B, 3, h, w) the train batch: every step of the lookahead uses this same batch.
+        steps: K - 1, the steps after the first.
+    """
+
+    inner_loss: InnerLoss
+    lq: Tensor
+    steps: int
 
 
 @dataclass
@@ -39,17 +57,18 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def apply_step(step: ParamStep, grad: Tensor) -> Tensor:
+def apply_step(step: ParamStep, grad: Tensor, param: Tensor | None = None) -> Tensor:
     """One differentiable update of ``step.param``; for Adam it is exactly ``torch.optim.Adam``'s next step.
 
     Args:
         step: the parameter and its update rule.
         grad: the parameter's (possibly reduced) gradient, graph attached.
+        param: the value to update (an unrolled step's fast weight); default ``step.param``. SGD only.
 
     Returns:
         The updated parameter theta' (graph attached to theta and to ``grad``).
     """
-    p, lr, a = step.param, step.lr, step.adam
+    p, lr, a = step.param if param is None else param, step.lr, step.adam
     if a is None:
         return p - lr * grad
     beta1, beta2 = a["betas"]
@@ -78,6 +97,34 @@ def reduce_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor], grad_
     return [None if g is None else r for g, r in zip(grads, reduced)]
 
 
+def step_fast(
+    fast: dict[str, Tensor],
+    steps: list[ParamStep],
+    grads: Sequence[Tensor | None],
+    grad_reduce: GradReduce | None,
+) -> None:
+    """One differentiable pseudo step of the fast weights ``fast`` (name -> tensor), in place of the dict."""
+    params = [s.param for s in steps]
+    for step, grad in zip(steps, reduce_grads(grads, params, grad_reduce)):
+        if grad is not None:
+            fast[step.name] = apply_step(step, grad, fast[step.name])
+
+
+def unroll_fast(
+    student: nn.Module,
+    fast: dict[str, Tensor],
+    steps: list[ParamStep],
+    unroll: Unroll | None,
+    grad_reduce: GradReduce | None,
+) -> None:
+    """The steps after the first: theta_(k+1) = theta_k - step(grad inner_loss(theta_k)), graph kept."""
+    for _ in range(0 if unroll is None else unroll.steps):
+        out = functional_call(student, fast, (unroll.lq,), {"return_feats": True})
+        current = [fast[s.name] for s in steps]
+        grads = torch.autograd.grad(unroll.inner_loss(*out), current, create_graph=True, allow_unused=True)
+        step_fast(fast, steps, grads, grad_reduce)
+
+
 def run_func(
     student: nn.Module,
     steps: list[ParamStep],
@@ -85,6 +132,7 @@ def run_func(
     meta_input: tuple[Tensor, Tensor],
     grad_reduce: GradReduce | None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor],
+    unroll: Unroll | None = None,
 ) -> Tensor:
     """The meta loss at theta' formed with ``torch.func.functional_call`` (see ``meta_gradient``).
 
@@ -93,15 +141,13 @@ def run_func(
         steps: the update rule of each trainable parameter.
         grads: the pseudo-step gradient per step (``carried.inner_gradient``), None where there is none.
         meta_input: ``(meta_lq, meta_gt)``.
-        grad_reduce: applied to ``grads`` before the update (DDP), or None.
+        grad_reduce: applied to every step's gradients before the update (DDP), or None.
         meta_loss_fn: ``(sr, gt) -> scalar``.
+        unroll: the pseudo steps after the first (K > 1), or None (one step).
     """
-    params = [s.param for s in steps]
-    grads = reduce_grads(grads, params, grad_reduce)
     fast = dict(student.named_parameters())
-    for step, grad in zip(steps, grads):
-        if grad is not None:
-            fast[step.name] = apply_step(step, grad)
+    step_fast(fast, steps, grads, grad_reduce)
+    unroll_fast(student, fast, steps, unroll, grad_reduce)
     meta_lq, meta_gt = meta_input
     return meta_loss_fn(functional_call(student, fast, (meta_lq,)), meta_gt)
 
@@ -141,12 +187,14 @@ def run_higher(
     meta_input: tuple[Tensor, Tensor],
     grad_reduce: GradReduce | None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor],
+    unroll: Unroll | None = None,
 ) -> Tensor:
     """The meta loss at theta' formed with ``higher.innerloop_ctx`` (arguments as ``run_func``).
 
     higher's differentiable optimizer takes the gradient of the loss it is given. It is given the linear
     surrogate sum_i <theta_i, g_i>, whose gradient in theta is g exactly (value and graph to phi), so its
-    SGD or Adam update builds theta' from the carried gradient.
+    SGD or Adam update builds theta_1 from the carried gradient. The steps after the first (``unroll``) are
+    its plain differentiable steps on the inner loss of the patched student.
     """
     position = {id(p): i for i, p in enumerate(student.parameters())}
     index = [position[id(s.param)] for s in steps]
@@ -167,6 +215,8 @@ def run_higher(
         fast = list(fmodel.parameters())
         surrogate = sum((fast[i] * g).sum() for i, g in zip(index, grads) if g is not None)
         diffopt.step(surrogate, grad_callback=callback)
+        for _ in range(0 if unroll is None else unroll.steps):
+            diffopt.step(unroll.inner_loss(*fmodel(unroll.lq, return_feats=True)), grad_callback=callback)
         meta_lq, meta_gt = meta_input
         sr_meta = fmodel(meta_lq)
     return meta_loss_fn(sr_meta, meta_gt)

@@ -2,6 +2,7 @@
 
     g      = autograd.grad(inner_loss(S_theta(lq)), theta, create_graph=True)     # graph to phi kept
     theta' = theta - step(g)                                                       # SGD or Adam rule
+    (K > 1: the same again from theta', K times in all, on the same train batch)   # unrolled lookahead
     L_meta = L1(S_theta'(meta_lq), meta_gt)                                        # d/dphi: reverse mode
 
 It keeps the graph of the student's backward and back-propagates through it: slower and heavier than the
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from meta_kd_sr.meta.carried import InnerLoss, StudentOut, _flatten, _unflatten
-from meta_kd_sr.meta.engines import GradReduce, ParamStep, apply_step, reduce_grads
+from meta_kd_sr.meta.engines import GradReduce, ParamStep, Unroll, step_fast, unroll_fast
 
 
 @dataclass
@@ -55,6 +56,7 @@ def run_reference(
     meta_input: tuple[Tensor, Tensor],
     grad_reduce: GradReduce | None,
     meta_loss_fn: Callable[[Tensor, Tensor], Tensor],
+    unroll: Unroll | None = None,
 ) -> tuple[Tensor, UnrolledGradient]:
     """The meta loss at theta' by the textbook pseudo step.
 
@@ -67,6 +69,7 @@ def run_reference(
         meta_input: ``(meta_lq, meta_gt)``.
         grad_reduce: applied to the pseudo-step gradients before the update (DDP), or None.
         meta_loss_fn: ``(sr, gt) -> scalar``.
+        unroll: the pseudo steps after the first (K > 1), or None (one step).
 
     Returns:
         The meta loss (graph to phi) and the inner gradient for the real student step.
@@ -76,9 +79,8 @@ def run_reference(
     params = [s.param for s in steps]
     value = torch.autograd.grad(inner_loss(*outputs), params, create_graph=True, allow_unused=True)
     fast = dict(student.named_parameters())
-    for step, grad in zip(steps, reduce_grads(value, params, grad_reduce)):
-        if grad is not None:
-            fast[step.name] = apply_step(step, grad)
+    step_fast(fast, steps, value, grad_reduce)
+    unroll_fast(student, fast, steps, unroll, grad_reduce)
     meta_lq, meta_gt = meta_input
     meta_loss = meta_loss_fn(functional_call(student, fast, (meta_lq,)), meta_gt)
     detached = [None if g is None else g.detach() for g in value]

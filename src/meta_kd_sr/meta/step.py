@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, StudentOut, inner_gradient
-from meta_kd_sr.meta.engines import GradReduce, ParamStep, run_func, run_higher
+from meta_kd_sr.meta.engines import GradReduce, ParamStep, Unroll, run_func, run_higher
 from meta_kd_sr.meta.reference import UnrolledGradient, run_reference
 
 ENGINES = ("higher", "func", "reference")
@@ -41,17 +41,33 @@ class PseudoStep:
             0.1 stays in the linear regime at the start (pseudo step RMS 5e-4) and keeps the meta signal
             later.
         lr_factor: multiplies the optimizer's lr for kinds "sgd_lr" and "adam_state".
+        inner_steps: K, the pseudo steps of the lookahead, all on the same train batch: theta' = theta_K,
+            theta_(k+1) = theta_k - step(grad inner_loss(theta_k, phi)). K > 1 is refused for "adam_state":
+            the real optimizer's state defines its next step only, and the K-step continuation has no one
+            definition the engines share (higher's Adam places eps differently after its first step).
     """
 
     kind: str = "sgd"
     alpha: float = 0.1
     lr_factor: float = 1.0
+    inner_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in PSEUDO_KINDS:
             raise ValueError(f"pseudo step kind must be one of {PSEUDO_KINDS}, got {self.kind!r}")
         if not self.alpha > 0 or not self.lr_factor > 0:
             raise ValueError(f"alpha and lr_factor must be > 0, got {self.alpha} and {self.lr_factor}")
+        if (
+            isinstance(self.inner_steps, bool)
+            or int(self.inner_steps) != self.inner_steps
+            or self.inner_steps < 1
+        ):
+            raise ValueError(f"meta.inner_steps must be an integer >= 1, got {self.inner_steps!r}")
+        if self.kind == "adam_state" and self.inner_steps > 1:
+            raise ValueError(
+                f"meta.pseudo=adam_state takes the real optimizer's next step only, got meta.inner_steps="
+                f"{self.inner_steps}: use meta.pseudo=sgd or sgd_lr for a lookahead of several steps"
+            )
 
 
 @dataclass
@@ -158,7 +174,9 @@ def meta_gradient(
     Engines "higher" and "func" carry the pseudo-step gradient g(phi) through the student's outputs
     (``meta_kd_sr.meta.carried``): one plain backward of the student, and its derivative in phi by a
     forward-mode pass at the meta backward. "reference" (``meta_kd_sr.meta.reference``) differentiates
-    ``autograd.grad(..., create_graph=True)``, the textbook definition they are tested against.
+    ``autograd.grad(..., create_graph=True)``, the textbook definition they are tested against. With K > 1
+    pseudo steps (``pseudo.inner_steps``) every engine takes the first step as above and the others with
+    ``create_graph=True`` at the fast weights (theta_k depends on phi, so no carried shortcut applies).
 
     Args:
         student: returns ``(sr, feats)`` from ``student(lq, return_feats=True)``.
@@ -171,10 +189,11 @@ def meta_gradient(
         meta_gt: (B_m, 3, s*h_m, s*w_m) meta batch target.
         optimizer: the student's real optimizer (raw or a ``LightningOptimizer``); read by "sgd_lr" and
             "adam_state", never stepped.
-        pseudo: the pseudo-step rule.
+        pseudo: the pseudo-step rule, with the number of pseudo steps K (``inner_steps``; each on
+            ``lq``, theta' after the K-th).
         engine: "higher", "func" or "reference" (same result to rounding).
         grad_reduce: applied to the list of pseudo-step gradients (trainable student parameters, in
-            ``student.parameters()`` order) before theta' is formed, e.g. ``ddp_grad_mean()`` under DDP. The
+            ``student.parameters()`` order) before each pseudo step, e.g. ``ddp_grad_mean()`` under DDP. The
             returned meta-gradients are NOT reduced across ranks: that is the caller's job.
         meta_loss_fn: ``(sr, gt) -> scalar``; default L1.
         outputs: ``student(lq, return_feats=True)`` with its graph, when the caller has run it already.
@@ -199,19 +218,27 @@ def meta_gradient(
     steps = plan_pseudo_step(named, pseudo, unwrap_optimizer(optimizer), engine)
     meta_loss_fn = meta_loss_fn or F.l1_loss
     trunk: list[Tensor] = []  # filled by the meta backward (carried engines)
+    unroll = Unroll(inner_loss, lq, pseudo.inner_steps - 1) if pseudo.inner_steps > 1 else None
     with torch.enable_grad():  # the pseudo step needs a graph even if the caller is under no_grad
         # record_function: named stages for torch.profiler (benchmarks/bench_step.py --stages)
         if engine == "reference":
             with record_function("meta/meta_forward"):
                 meta_loss, inner = run_reference(
-                    student, steps, inner_loss, (lq, outputs), (meta_lq, meta_gt), grad_reduce, meta_loss_fn
+                    student,
+                    steps,
+                    inner_loss,
+                    (lq, outputs),
+                    (meta_lq, meta_gt),
+                    grad_reduce,
+                    meta_loss_fn,
+                    unroll,
                 )
         else:
             with record_function("meta/pseudo_gradient"):
                 inner, grads = inner_gradient(student, inner_loss, lq, named, meta_params, outputs, trunk)
             run = run_higher if engine == "higher" else run_func
             with record_function("meta/meta_forward"):
-                meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn)
+                meta_loss = run(student, steps, grads, (meta_lq, meta_gt), grad_reduce, meta_loss_fn, unroll)
         # autograd.grad, not backward: it skips higher's fast-weight leaves (1.6x faster, NOTES).
         with record_function("meta/meta_backward"):
             meta_grads = torch.autograd.grad(meta_loss, meta_params, allow_unused=True)
