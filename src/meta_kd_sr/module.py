@@ -9,6 +9,7 @@ Optimisation is manual, so the stages of a meta iteration run in the order of th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,9 +20,11 @@ from torch.profiler import record_function
 from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import run_iteration, train_part
 from meta_kd_sr.meta.settings import MetaSettings, precision_problem
+from meta_kd_sr.meta.signal import MetaSignal
 from meta_kd_sr.metrics import PSNRY, SSIMY
 from meta_kd_sr.models import accepts_features_only
 from meta_kd_sr.teacher import freeze_teacher
@@ -32,6 +35,7 @@ SchedulerFactory = Callable[..., Any]
 DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
 # The loss terms the progress bar shows (logged with prog_bar=True); every term is logged.
 PROG_BAR_TERMS = ("train/loss", "train/loss_rec", "train/loss_kd", "train/loss_meta")
+META_SIGNAL_FILE = "meta_signal.pt"  # in the run dir (trainer.default_root_dir): see meta_kd_sr.meta.signal
 
 
 class SRModule(pl.LightningModule):
@@ -98,6 +102,8 @@ class SRModule(pl.LightningModule):
         self.val_psnr, self.val_ssim = PSNRY(self.crop_border), SSIMY(self.crop_border)
         self.meta_skipped = 0  # KRNet updates skipped for a non-finite meta-gradient (saved in checkpoints)
         self.meta_health = MetaHealth(self.meta.health_window)  # drift and noise of the KRNet updates
+        self.meta_accumulator = MetaAccumulator(self.meta.accumulate)  # the meta-gradient window
+        self.meta_signal = MetaSignal()  # whole-run z of the meta-gradients, exported at the end
         self.save_hyperparameters(
             {
                 "scale": self.scale,
@@ -229,6 +235,8 @@ class SRModule(pl.LightningModule):
             backward=self.manual_backward if trainer is not None else torch.Tensor.backward,
             iteration=self.global_step if trainer is not None else None,
             health=self.meta_health,
+            accumulator=self.meta_accumulator,
+            signal=self.meta_signal,
         )
         self.meta_skipped += int(logs.get("train/meta_skip", 0))
         if self.meta_enabled:
@@ -278,6 +286,17 @@ class SRModule(pl.LightningModule):
         # compute() sums the per-rank states: every image of the unpadded val shards counts once
         self.log("val/teacher_psnr_y", metric.compute(), rank_zero_only=False, sync_dist=False)
 
+    def on_train_end(self) -> None:
+        """Write the whole-run meta signal (``meta.signal``: z per KRNet weight) to the run dir, on rank 0."""
+        if not (self.meta_enabled and self.meta_signal.steps >= 2 and self.trainer.is_global_zero):
+            return
+        meta = {id(p) for p in self.distiller.meta_parameters()}
+        named = [
+            (n, p.numel()) for n, p in self.distiller.named_parameters(prefix="distiller") if id(p) in meta
+        ]
+        path = Path(self.trainer.default_root_dir) / META_SIGNAL_FILE
+        self.meta_signal.export(path, [n for n, _ in named], [k for _, k in named], self.meta.control)
+
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the teacher out of checkpoints (it is rebuilt from its path); save the meta counters."""
@@ -287,12 +306,18 @@ class SRModule(pl.LightningModule):
         checkpoint["meta_skipped"] = self.meta_skipped
         if self.meta_enabled:
             checkpoint["meta_health"] = self.meta_health.state_dict()
+            checkpoint["meta_accumulator"] = self.meta_accumulator.state_dict()
+            checkpoint["meta_signal"] = self.meta_signal.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the meta counters; put the current teacher's tensors back so strict loading works."""
         self.meta_skipped = int(checkpoint.get("meta_skipped", 0))
         if "meta_health" in checkpoint:
             self.meta_health.load_state_dict(checkpoint["meta_health"])
+        if "meta_accumulator" in checkpoint:
+            self.meta_accumulator.load_state_dict(checkpoint["meta_accumulator"])
+        if "meta_signal" in checkpoint:
+            self.meta_signal.load_state_dict(checkpoint["meta_signal"])
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

@@ -1,4 +1,4 @@
-"""K-step unrolled lookahead (meta.inner_steps): engines == a hand-unrolled create_graph reference, float64."""
+"""K-step lookahead (meta.inner_steps): every engine == a hand-unrolled create_graph reference, float64."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def setup64():
 
 
 def hand_unrolled(s, alphas, k: int, reduce=None):
-    """theta_(j+1) = theta_j - alpha * grad inner_loss(theta_j) (create_graph), K times; d L_meta(theta_K)/d phi."""
+    """K times theta <- theta - alpha * grad inner_loss(theta), create_graph; then dL_meta(theta_K)/dphi."""
     names = [n for n, _ in s.student.named_parameters()]
     theta = [p for p in s.student.parameters()]
     for _ in range(k):

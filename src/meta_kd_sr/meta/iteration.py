@@ -14,13 +14,17 @@ kept on an object):
    change (the KRNets' generator inputs: detached student feature and correlation) -> ``prepared``
    (``Distiller.prepare``). Both serve stages 2 and 4, as do the teacher outputs.
 2. Meta step (``meta_gradient``): the pseudo step's gradient g at the current phi (a plain backward from
-   ``outputs``; loss terms checked first), theta' = theta - step(g), the meta loss on the meta batch and its
+   ``outputs``; loss terms checked first), theta' = theta - step(g) (K steps on the same batch for
+   ``meta.inner_steps`` K > 1, whose inner losses build the KRNet inputs at each theta_k instead of reusing
+   ``prepared``), the meta loss on the meta batch (its targets rolled for ``meta.control=shuffle``) and its
    exact second-order gradient in phi -> ``result``: ``grads``; ``inner`` (the student's outputs, detached,
    and g); ``trunk`` (the distilled outputs with the graph that the meta backward's forward-mode pass
    recorded; empty for the reference engine).
-3. KRNet step: the meta-gradients (and the meta loss) averaged across ranks; a non-finite one skips the
-   update (KRNets and their Adam state untouched; ``train/meta_skip`` is 1), else one step of the raw KRNet
-   optimizer -> phi'.
+3. KRNet step: the meta-gradients (and the meta loss) averaged across ranks; a non-finite one is dropped
+   (KRNets, their optimizer state, the accumulation window and the whole-run signal untouched;
+   ``train/meta_skip`` is 1). A finite one feeds the whole-run signal (``meta.signal``) and the accumulation
+   window (``meta.accumulate``); when the window is full (every meta step for M = 1), its mean drives one step
+   of the raw KRNet optimizer -> phi' (else phi' = phi).
 4. Real student step at phi': loss terms on ``inner``'s outputs with ``prepared`` (no student forward),
    finite check; gradient ``inner.at(output gradients, trunk)`` (one backward through ``trunk``), averaged
    across ranks by hand (no DDP backward runs in a meta iteration), gradient check, student step.
@@ -51,8 +55,10 @@ from torch.profiler import record_function
 from meta_kd_sr.ddp import all_reduce_mean, world_size
 from meta_kd_sr.distill import Distiller
 from meta_kd_sr.finite import check_grads, check_terms, first_nonfinite
+from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.settings import MetaSettings
+from meta_kd_sr.meta.signal import MetaSignal
 from meta_kd_sr.meta.step import MetaResult, ddp_grad_mean, meta_gradient, unwrap_optimizer
 
 TeacherOut = tuple[Tensor | None, Mapping[str, Tensor] | None]
@@ -89,6 +95,8 @@ def run_iteration(
     backward: Callable[[Tensor], Any] = Tensor.backward,
     iteration: int | None = None,
     health: MetaHealth | None = None,
+    accumulator: MetaAccumulator | None = None,
+    signal: MetaSignal | None = None,
 ) -> tuple[Terms, dict[str, Tensor]]:
     """One training iteration: the plain student step, or meta step, KRNet step and real student step.
 
@@ -105,6 +113,9 @@ def run_iteration(
         iteration: the trainer's global step, named in ``NonFiniteError`` messages.
         health: given, fed every applied KRNet step (adds its logs: ``train/krnet_drift``,
             ``train/meta_noise_share``, ``train/meta_snr``; see :mod:`meta_kd_sr.meta.health`).
+        accumulator: the meta-gradient window across iterations (``meta.accumulate``); None: a KRNet step
+            per meta step.
+        signal: given, fed every finite meta-gradient (the whole-run z of ``meta.signal``).
 
     Returns:
         The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log
@@ -118,8 +129,9 @@ def run_iteration(
         raise ValueError("opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)")
     if "meta" not in batch:
         raise ValueError("a meta step needs a meta batch: the batch must be {'train': ..., 'meta': ...}")
+    trackers = (health, accumulator, signal)
     return _meta_iteration(
-        student, distiller, teacher_out, batch, (opt_student, opt_krnet), settings, iteration, health
+        student, distiller, teacher_out, batch, (opt_student, opt_krnet), settings, iteration, trackers
     )
 
 
@@ -131,7 +143,7 @@ def _meta_iteration(
     optimizers: tuple[Any, Any],
     settings: MetaSettings,
     iteration: int | None,
-    health: MetaHealth | None,
+    trackers: tuple[MetaHealth | None, MetaAccumulator | None, MetaSignal | None],
 ) -> tuple[Terms, dict[str, Tensor]]:
     """Stages 1-4 of the module docstring, in order."""
     (sr_t, feats_t), (opt_student, opt_krnet) = teacher_out, optimizers
@@ -141,19 +153,20 @@ def _meta_iteration(
             outputs = student(lq, return_feats=True)
             prepared = distiller.prepare(outputs[1], feats_t) if feats_t is not None else {}
 
-        def loss_terms(sr: Tensor, feats: dict[str, Tensor]) -> Terms:  # the student loss of stages 2 and 4
-            terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t, prepared=prepared)
+        def loss_terms(sr: Tensor, feats: dict[str, Tensor], at_theta: bool = True) -> Terms:  # stages 2, 4
+            ready = prepared if at_theta else None  # theta_k (k >= 1) has its own KRNet inputs
+            terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t, prepared=ready)
             check_terms(terms, iteration)  # before any backward
             return terms
 
-        world = world_size()  # 2
+        world, one_step = world_size(), settings.inner_steps == 1  # 2
         result = meta_gradient(
             student,
             distiller.meta_parameters(),
-            lambda sr, feats: loss_terms(sr, feats)["loss"],
+            lambda sr, feats: loss_terms(sr, feats, one_step)["loss"],
             lq,
             batch["meta"]["lq"],
-            batch["meta"]["gt"],
+            settings.meta_targets(batch["meta"]["gt"]),
             optimizer=opt_student,
             pseudo=settings.step_settings,
             engine=settings.engine,
@@ -161,7 +174,7 @@ def _meta_iteration(
             outputs=outputs,
             meta_loss_fn=settings.meta_loss_fn,
         )
-        logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet, health)  # 3
+        logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet, *trackers)  # 3
     with record_function("iteration/student_step"):  # 4
         terms = _real_step(result, loss_terms, distiller, opt_student, _namer(student, distiller), iteration)
     return terms, logs
@@ -191,29 +204,46 @@ def _plain_step(
 
 
 def _krnet_step(
-    params: list[nn.Parameter], result: MetaResult, opt_krnet: Any, health: MetaHealth | None = None
+    params: list[nn.Parameter],
+    result: MetaResult,
+    opt_krnet: Any,
+    health: MetaHealth | None = None,
+    accumulator: MetaAccumulator | None = None,
+    signal: MetaSignal | None = None,
 ) -> dict[str, Tensor]:
-    """Average the meta-gradients across ranks; step the KRNets with them unless one is not finite."""
+    """Average the meta-gradients across ranks; feed the finite ones to the signal and the window.
+
+    The KRNets step when the window is full, with its mean; a non-finite meta-gradient changes nothing.
+    """
     # autograd.grad bypasses DDP's reducer: average by hand (identity on one process). The meta loss rides
     # along: a NaN in it can leave a zero gradient behind (L1's sign(NaN) is 0). Every rank decides on the
-    # same averaged values, so all skip or all step.
+    # same averaged values, so all skip or all step (and all windows stay equal).
     *grads, meta_loss = all_reduce_mean([*result.grads, result.meta_loss])
     skip = first_nonfinite([*grads, meta_loss]) is not None
     health_logs: dict[str, Tensor] = {}
     if not skip:
-        if health is not None and health.phi0 is None:
-            health.start(params)
-        raw = unwrap_optimizer(opt_krnet)
-        for p, g in zip(params, grads):
-            p.grad = g.to(p.dtype)
-        raw.step()  # the raw step keeps trainer.global_step counting student steps, i.e. iterations
-        raw.zero_grad(set_to_none=True)
-        if health is not None:
-            health_logs = health.update(params, grads)
+        if signal is not None:
+            signal.update(grads)
+        applied = grads if accumulator is None else accumulator.add(grads)
+        if applied is not None:
+            health_logs = _apply(params, applied, unwrap_optimizer(opt_krnet), health)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     skipped = torch.tensor(float(skip))
     logs = {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm, "train/meta_skip": skipped}
     return logs | health_logs
+
+
+def _apply(
+    params: list[nn.Parameter], grads: list[Tensor], raw: torch.optim.Optimizer, health: MetaHealth | None
+) -> dict[str, Tensor]:
+    """One step of the raw KRNet optimizer with ``grads``; ``health``'s logs of it (``{}`` without)."""
+    if health is not None and health.phi0 is None:
+        health.start(params)
+    for p, g in zip(params, grads):
+        p.grad = g.to(p.dtype)
+    raw.step()  # the raw step keeps trainer.global_step counting student steps, i.e. iterations
+    raw.zero_grad(set_to_none=True)
+    return health.update(params, grads) if health is not None else {}
 
 
 def _real_step(

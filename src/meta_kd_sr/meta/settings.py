@@ -16,6 +16,8 @@ META_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     "l1": F.l1_loss,
     "mse": F.mse_loss,
 }
+KRNET_OPTIMIZERS = ("adam", "sgd", "momentum")
+CONTROLS = ("none", "shuffle")
 
 # Trainer precisions a meta iteration honours. Its gradients come from ``torch.autograd.grad``, outside
 # Lightning's GradScaler, so float16 (never loss-scaled) is refused, and so are half-precision weights, whose
@@ -63,6 +65,16 @@ class MetaSettings:
             quantity PSNR measures).
         health_window: time constant, in meta steps, of the meta-gradient noise share that
             ``meta.health.MetaHealth`` logs (``train/meta_noise_share``).
+        inner_steps: K, the differentiable pseudo steps that form theta' (an unrolled lookahead), each on
+            the same train batch and teacher features (``meta.step.meta_gradient``). 1: one pseudo step.
+        accumulate: M, meta steps whose meta-gradients are averaged into one KRNet step
+            (``meta.accumulate.MetaAccumulator``); 1: a KRNet step per meta step.
+        optimizer: the KRNet optimizer: "adam" (``lr``, ``betas``), "sgd" (phi - lr * g) or "momentum"
+            (SGD with heavy-ball ``momentum``), whose steps follow the mean meta-gradient in size and sign.
+        momentum: the momentum of optimizer "momentum", in [0, 1).
+        control: "none", or "shuffle": a control whose meta targets carry no information, each meta input
+            paired with the target of the next image of its meta batch (a roll by one along the batch, on
+            each rank), so the whole-run signal (``meta.signal``) can be compared with what noise gives.
     """
 
     enabled: bool = True
@@ -77,6 +89,11 @@ class MetaSettings:
     sync: str = "exact"
     objective: str = "l1"
     health_window: int = 50
+    inner_steps: int = 1
+    accumulate: int = 1
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    control: str = "none"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -97,8 +114,22 @@ class MetaSettings:
             raise ValueError(f"meta.objective must be one of {choices}, got {self.objective!r}")
         if self.health_window < 2:
             raise ValueError(f"meta.health_window must be >= 2 meta steps, got {self.health_window}")
+        self._check_levers()
         self.betas = tuple(float(b) for b in self.betas)
-        self.step_settings = PseudoStep(kind=self.pseudo, alpha=self.alpha, lr_factor=self.lr_factor)
+        self.step_settings = PseudoStep(
+            kind=self.pseudo, alpha=self.alpha, lr_factor=self.lr_factor, inner_steps=self.inner_steps
+        )
+
+    def _check_levers(self) -> None:
+        """Refuse a bad accumulation, KRNet optimizer or control (the pseudo step checks its own)."""
+        if int(self.accumulate) < 1:
+            raise ValueError(f"meta.accumulate must be >= 1 meta steps, got {self.accumulate}")
+        if self.optimizer not in KRNET_OPTIMIZERS:
+            raise ValueError(f"meta.optimizer must be one of {KRNET_OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"meta.momentum must be in [0, 1), got {self.momentum}")
+        if self.control not in CONTROLS:
+            raise ValueError(f"meta.control must be one of {CONTROLS}, got {self.control!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (safe for ``torch.load(weights_only=True)``)."""
@@ -115,5 +146,23 @@ class MetaSettings:
         return done >= 0 and done % self.every_n_steps == 0
 
     def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The KRNet optimizer: Adam with ``lr`` and ``betas``."""
-        return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+        """The KRNet optimizer named by ``optimizer``: Adam (``lr``, ``betas``), SGD, or SGD with momentum."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+        momentum = self.momentum if self.optimizer == "momentum" else 0.0
+        return torch.optim.SGD(params, lr=self.lr, momentum=momentum)
+
+    def meta_targets(self, meta_gt: torch.Tensor) -> torch.Tensor:
+        """The meta targets, (B_m, 3, H, W): ``meta_gt``, or rolled by one image for ``control=shuffle``.
+
+        Raises:
+            ValueError: ``control=shuffle`` with a meta batch of one image (it has no other target to take).
+        """
+        if self.control == "none":
+            return meta_gt
+        if meta_gt.shape[0] < 2:
+            raise ValueError(
+                f"meta.control=shuffle pairs each meta input with another image's target and needs a meta "
+                f"batch of >= 2 images per rank, got {meta_gt.shape[0]}"
+            )
+        return torch.roll(meta_gt, shifts=1, dims=0)
