@@ -35,7 +35,6 @@ SchedulerFactory = Callable[..., Any]
 DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
 # The loss terms the progress bar shows (logged with prog_bar=True); every term is logged.
 PROG_BAR_TERMS = ("train/loss", "train/loss_rec", "train/loss_kd", "train/loss_meta")
-META_SIGNAL_FILE = "meta_signal.pt"  # in the run dir (trainer.default_root_dir): see meta_kd_sr.meta.signal
 
 
 class SRModule(pl.LightningModule):
@@ -287,14 +286,15 @@ class SRModule(pl.LightningModule):
         self.log("val/teacher_psnr_y", metric.compute(), rank_zero_only=False, sync_dist=False)
 
     def on_train_end(self) -> None:
-        """Write the whole-run meta signal (``meta.signal``: z per KRNet weight) to the run dir, on rank 0."""
-        if not (self.meta_enabled and self.meta_signal.steps >= 2 and self.trainer.is_global_zero):
+        """Write the whole-run z per KRNet weight to ``meta.signal_file`` in the run dir (rank 0 only)."""
+        name = self.meta.signal_file
+        if not (name and self.meta_enabled and self.meta_signal.steps >= 2 and self.trainer.is_global_zero):
             return
         meta = {id(p) for p in self.distiller.meta_parameters()}
         named = [
             (n, p.numel()) for n, p in self.distiller.named_parameters(prefix="distiller") if id(p) in meta
         ]
-        path = Path(self.trainer.default_root_dir) / META_SIGNAL_FILE
+        path = Path(self.trainer.default_root_dir) / name
         self.meta_signal.export(path, [n for n, _ in named], [k for _, k in named], self.meta.control)
 
     # ----------------------------------------------------------------------------------- checkpoints

@@ -12,7 +12,6 @@ from meta_setup import tiny_kd_module
 
 from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.meta.signal import HALF_NORMAL_MEDIAN, MetaSignal, half_normal_share, summarize_z
-from meta_kd_sr.module import META_SIGNAL_FILE
 
 
 def stream(signal: MetaSignal, grads) -> MetaSignal:
@@ -92,7 +91,10 @@ def test_a_run_exports_z_per_krnet_weight_to_its_run_dir(tmp_path) -> None:
         module.iteration(batch, *opts)
     module._trainer = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path))
     module.on_train_end()
-    saved = torch.load(tmp_path / META_SIGNAL_FILE, weights_only=True)
+    assert list(tmp_path.iterdir()) == []  # meta.signal_file=None (the default outside the CLI): no file
+    module.meta = MetaSettings(**{**module.meta.as_dict(), "signal_file": "signal.pt"})
+    module.on_train_end()
+    saved = torch.load(tmp_path / "signal.pt", weights_only=True)
     assert torch.equal(saved["z"], module.meta_signal.z().float()) and saved["steps"] == 3
     sizes = [p.numel() for p in module.distiller.meta_parameters()]
     assert saved["numels"] == sizes and saved["z"].numel() == sum(sizes) and saved["control"] == "none"
@@ -115,3 +117,9 @@ def test_shuffle_control_pairs_each_meta_input_with_another_images_target() -> N
     assert all(torch.equal(a, b) for a, b in zip(control.parameters(), plain.parameters()))
     with pytest.raises(ValueError, match=r"meta.control=shuffle .* >= 2 images per rank, got 1"):
         control.iteration(batches(1, meta_batch=1)[0], *opts)
+
+
+@pytest.mark.parametrize("name", ["runs/signal.pt", "signal.npz", ""])
+def test_signal_file_must_be_a_pt_file_name(name) -> None:
+    with pytest.raises(ValueError, match=r"meta.signal_file must be a file name ending in .pt, or null, got"):
+        MetaSettings(signal_file=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +76,9 @@ class MetaSettings:
         control: "none", or "shuffle": a control whose meta targets carry no information, each meta input
             paired with the target of the next image of its meta batch (a roll by one along the batch, on
             each rank), so the whole-run signal (``meta.signal``) can be compared with what noise gives.
+        signal_file: file name, in the run dir (``trainer.default_root_dir``), that the whole-run z per KRNet
+            weight is written to at the end of training (``meta.signal.MetaSignal.export``); None writes
+            nothing. The statistics are kept, and saved in checkpoints, either way.
     """
 
     enabled: bool = True
@@ -94,6 +98,7 @@ class MetaSettings:
     optimizer: str = "adam"
     momentum: float = 0.9
     control: str = "none"
+    signal_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -130,6 +135,9 @@ class MetaSettings:
             raise ValueError(f"meta.momentum must be in [0, 1), got {self.momentum}")
         if self.control not in CONTROLS:
             raise ValueError(f"meta.control must be one of {CONTROLS}, got {self.control!r}")
+        name = self.signal_file
+        if name is not None and (Path(name).name != name or not name.endswith(".pt")):
+            raise ValueError(f"meta.signal_file must be a file name ending in .pt, or null, got {name!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (safe for ``torch.load(weights_only=True)``)."""
