@@ -206,11 +206,21 @@ class SRDataModule(LightningDataModule):
 
 
 def check_disjoint(train: Dataset, meta: Dataset) -> None:
-    """Raise ``ValueError`` listing the images shared by the train and meta datasets (via ``image_names``)."""
+    """Raise ``ValueError`` listing the images shared by the train and meta datasets (via ``image_names``).
+
+    An image in both counts as shared unless both datasets use only some of its rows (``image_rows``:
+    ``{name: (start, stop)}``, e.g. ``EmbeddedPhotos(rows=...)``) and those row ranges do not intersect.
+    """
     train_names, meta_names = getattr(train, "image_names", None), getattr(meta, "image_names", None)
     if train_names is None or meta_names is None:
         return
-    overlap = sorted(set(train_names) & set(meta_names))
+    rows_t, rows_m = getattr(train, "image_rows", None) or {}, getattr(meta, "image_rows", None) or {}
+
+    def intersect(name: str) -> bool:
+        a, b = rows_t.get(name), rows_m.get(name)
+        return a is None or b is None or (a[0] < b[1] and b[0] < a[1])
+
+    overlap = sorted(n for n in set(train_names) & set(meta_names) if intersect(n))
     if overlap:
         shown = ", ".join(overlap[:20]) + (f", ... ({len(overlap)} in all)" if len(overlap) > 20 else "")
         raise ValueError(f"meta images must be disjoint from the training images; both contain: {shown}")
