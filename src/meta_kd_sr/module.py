@@ -35,6 +35,7 @@ SchedulerFactory = Callable[..., Any]
 DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
 # The loss terms the progress bar shows (logged with prog_bar=True); every term is logged.
 PROG_BAR_TERMS = ("train/loss", "train/loss_rec", "train/loss_kd", "train/loss_meta")
+META_STATE = ("meta_health", "meta_accumulator", "meta_signal")  # meta trackers saved in checkpoints
 
 
 class SRModule(pl.LightningModule):
@@ -288,36 +289,26 @@ class SRModule(pl.LightningModule):
     def on_train_end(self) -> None:
         """Write the whole-run z per KRNet weight to ``meta.signal_file`` in the run dir (rank 0 only)."""
         name = self.meta.signal_file
-        if not (name and self.meta_enabled and self.meta_signal.steps >= 2 and self.trainer.is_global_zero):
-            return
-        meta = {id(p) for p in self.distiller.meta_parameters()}
-        named = [
-            (n, p.numel()) for n, p in self.distiller.named_parameters(prefix="distiller") if id(p) in meta
-        ]
-        path = Path(self.trainer.default_root_dir) / name
-        self.meta_signal.export(path, [n for n, _ in named], [k for _, k in named], self.meta.control)
+        if name and self.meta_enabled and self.meta_signal.steps >= 2 and self.trainer.is_global_zero:
+            meta = {id(p) for p in self.distiller.meta_parameters()}
+            named = [(n, p) for n, p in self.distiller.named_parameters(prefix="distiller") if id(p) in meta]
+            self.meta_signal.export(Path(self.trainer.default_root_dir) / name, named, self.meta.control)
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the teacher out of checkpoints (it is rebuilt from its path); save the meta counters."""
+        """Keep the teacher out of checkpoints (rebuilt from its path); save the meta counters, trackers."""
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
         }
         checkpoint["meta_skipped"] = self.meta_skipped
         if self.meta_enabled:
-            checkpoint["meta_health"] = self.meta_health.state_dict()
-            checkpoint["meta_accumulator"] = self.meta_accumulator.state_dict()
-            checkpoint["meta_signal"] = self.meta_signal.state_dict()
+            checkpoint.update({key: getattr(self, key).state_dict() for key in META_STATE})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the meta counters; put the current teacher's tensors back so strict loading works."""
         self.meta_skipped = int(checkpoint.get("meta_skipped", 0))
-        if "meta_health" in checkpoint:
-            self.meta_health.load_state_dict(checkpoint["meta_health"])
-        if "meta_accumulator" in checkpoint:
-            self.meta_accumulator.load_state_dict(checkpoint["meta_accumulator"])
-        if "meta_signal" in checkpoint:
-            self.meta_signal.load_state_dict(checkpoint["meta_signal"])
+        for key in (k for k in META_STATE if k in checkpoint):
+            getattr(self, key).load_state_dict(checkpoint[key])
         if self.teacher is not None:
             state = checkpoint["state_dict"]
             state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

@@ -108,22 +108,23 @@ class MetaSignal:
         """``summarize_z`` of this run's z."""
         return summarize_z(self.z(), self.steps, threshold)
 
-    def export(self, path: str | Path, names: Sequence[str], numels: Sequence[int], control: str) -> Path:
+    def export(self, path: str | Path, named: Sequence[tuple[str, Tensor]], control: str) -> Path:
         """Write z, its summary and the weights' names to ``path`` (atomic; loads with ``weights_only=True``).
 
         Args:
             path: the ``.pt`` file to write.
-            names: KRNet parameter names, in the order of the meta-gradients.
-            numels: their numbers of entries (z is their concatenation).
+            named: ``(name, parameter)`` of the KRNet parameters, in the order of the meta-gradients (z is
+                their flattened concatenation; ``names`` and ``numels`` in the file say which entry is which).
             control: ``meta.control`` of the run ("none" or "shuffle"), so a comparison knows which is which.
         """
+        numels = [int(p.numel()) for _, p in named]
         if sum(numels) != (0 if self.mean is None else self.mean.numel()):
-            raise ValueError(f"numels sum to {sum(numels)}, the statistics hold {self.mean.numel()} weights")
+            raise ValueError(f"the parameters have {sum(numels)} entries, the statistics {self.mean.numel()}")
         record = {
             "z": self.z().to(torch.float32),
             "steps": self.steps,
-            "names": list(names),
-            "numels": [int(n) for n in numels],
+            "names": [n for n, _ in named],
+            "numels": numels,
             "control": control,
             "summary": self.summary()._asdict(),
         }
