@@ -2,7 +2,8 @@
 
 ``iteration.run_iteration`` is one training iteration, its docstring the order of the stages; ``step``
 the meta-gradient with its engines ("higher", "func", and "reference", the textbook definition they are
-tested against); ``settings.MetaSettings`` the ``meta`` config group.
+tested against); ``settings.MetaSettings`` the ``meta`` config group; ``health``, ``accumulate`` and
+``signal`` what meta steps carry to the next (noise logs, the meta-gradient window, the whole-run z).
 """
 
 from __future__ import annotations

@@ -111,8 +111,9 @@ def run_iteration(
         settings: engine, pseudo step and DDP sync of the meta step.
         backward: back-propagation of the plain step's loss (``manual_backward`` under Lightning).
         iteration: the trainer's global step, named in ``NonFiniteError`` messages.
-        health: given, fed every applied KRNet step (adds its logs: ``train/krnet_drift``,
-            ``train/meta_noise_share``, ``train/meta_snr``; see :mod:`meta_kd_sr.meta.health`).
+        health: given, fed every applied KRNet step with the gradient it applied (the window's mean when
+            ``meta.accumulate`` > 1); it adds its logs (``train/krnet_drift``, ``train/meta_noise_share``,
+            ``train/meta_snr``; see :mod:`meta_kd_sr.meta.health`).
         accumulator: the meta-gradient window across iterations (``meta.accumulate``); None: a KRNet step
             per meta step.
         signal: given, fed every finite meta-gradient (the whole-run z of ``meta.signal``).

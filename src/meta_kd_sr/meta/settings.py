@@ -55,8 +55,8 @@ class MetaSettings:
         lr_factor: multiplier of the learning rate for "sgd_lr" / "adam_state".
         every_n_steps: run the meta step every n training iterations.
         warmup_steps: iterations before the first meta step.
-        lr: KRNet Adam learning rate (the scheduler of the student is applied to it too).
-        betas: KRNet Adam betas.
+        lr: learning rate of the KRNet optimizer (the scheduler of the student is applied to it too).
+        betas: KRNet Adam betas (optimizer "adam").
         sync: under DDP, "exact" averages the pseudo gradient across ranks differentiably before theta' is
             formed, so N ranks with batch b compute the update of one process with batch N*b; "local" forms
             theta' from each rank's own batch (one collective less per meta step; an approximation: the
