@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from meta_setup import build_setup, rel_err
+from meta_setup import build_setup, rel_err, tiny_kd_module
 from torch.func import functional_call
 
 from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
@@ -94,3 +96,39 @@ def test_adam_state_with_several_inner_steps_is_refused() -> None:
         with pytest.raises(ValueError, match=r"meta.inner_steps must be an integer >= 1, got"):
             MetaSettings(inner_steps=bad)
     assert MetaSettings(inner_steps=4).step_settings.inner_steps == 4
+
+
+@pytest.mark.parametrize("engine", ["higher", "func"])
+def test_module_iteration_with_k_steps_equals_the_steps_written_out(engine) -> None:
+    module = tiny_kd_module(engine, n_blocks=3, teacher_feats=10)
+    module.meta = MetaSettings(**{**module.meta.as_dict(), "inner_steps": 2})
+    reference = copy.deepcopy(module)
+    gen = torch.Generator().manual_seed(0)
+    lq, meta_lq = torch.rand(2, 2, 3, 8, 8, dtype=torch.float64, generator=gen)
+    gt, meta_gt = torch.rand(2, 2, 3, 16, 16, dtype=torch.float64, generator=gen)
+    module.iteration(
+        {"train": {"lq": lq, "gt": gt}, "meta": {"lq": meta_lq, "gt": meta_gt}}, *optimizers(module)
+    )
+    opt_s, opt_k = optimizers(reference)
+    d = reference.distiller
+    with torch.no_grad():
+        sr_t, feats_t = reference.teacher(lq, return_feats=True)
+
+    def inner(sr, feats):  # the KRNets build their inputs from the features they are given, at every theta_k
+        return d(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)["loss"]
+
+    pseudo = PseudoStep(alpha=0.5, inner_steps=2)
+    result = meta_gradient(reference.student, d.meta_parameters(), inner, lq, meta_lq, meta_gt, pseudo=pseudo)
+    for p, g in zip(d.meta_parameters(), result.grads):
+        p.grad = g
+    opt_k.step()
+    opt_s.zero_grad()
+    d.kd_losses.requires_grad_(False)
+    inner(*reference.student(lq, return_feats=True)).backward()
+    opt_s.step()
+    moved = [p.detach() for p in module.parameters()]
+    assert rel_err(moved, [p.detach() for p in reference.parameters()]) < 1e-9
+
+
+def optimizers(module):
+    return [entry["optimizer"] for entry in module.configure_optimizers()]
