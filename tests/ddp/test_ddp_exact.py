@@ -33,6 +33,14 @@ RUNS = {
     "mkd_func_f64": ["meta.engine=func", *_MKD, *_NO_VAL, *_F64],
     "mkd_reference_f64": ["meta.engine=reference", *_MKD, *_NO_VAL, *_F64],
     "fakd_f64": ["distill=fakd", *_NO_VAL, *_F64],
+    # a 2-step lookahead (pseudo gradient averaged across ranks at each step), a window of 2 meta steps, and
+    # heavy-ball SGD, whose lr must be large for the tiny meta-gradients to move the KRNets
+    "mkd_levers_f64": [
+        *("meta.inner_steps=2", "meta.accumulate=2", "meta.optimizer=momentum", "meta.lr=1.0e4"),
+        *_MKD,
+        *_NO_VAL,
+        *_F64,
+    ],
 }
 DDP_ONLY = {
     "mkd_local": ["meta.sync=local", *_MKD, *_NO_VAL],  # negative control: each rank's own pseudo step
