@@ -49,8 +49,8 @@ class MetaAccumulator:
         else:
             if len(grads) != len(self.sums):
                 raise ValueError(f"expected {len(self.sums)} meta-gradients, got {len(grads)}")
-            for s, g in zip(self.sums, grads):
-                s.add_(g.detach())
+            # a window restored from a checkpoint (on CPU) follows the gradients to their device
+            self.sums = [s.to(g.device).add_(g.detach()) for s, g in zip(self.sums, grads)]
         self.count += 1
         if self.count < self.accumulate:
             return None

@@ -65,13 +65,16 @@ class MetaHealth:
         g = self._flat(grads)
         if self.phi0 is None:  # no start() before the first step: drift is measured from these weights
             self.start(params)
-        if self.mean is None or self.mean.shape != g.shape:
+        if self.mean is None or self.sq is None or self.mean.shape != g.shape:
             self.mean, self.sq, self.steps = torch.zeros_like(g), torch.zeros_like(g), 0
+        # state restored from a checkpoint (CPU) follows the gradients' device (a CPU run resumed on a GPU)
+        self.mean, self.sq = self.mean.to(g.device), self.sq.to(g.device)
+        assert self.phi0 is not None
+        self.phi0 = self.phi0.to(g.device)
         self.steps += 1
         self.mean.mul_(self.beta).add_(g, alpha=1 - self.beta)
         self.sq.mul_(self.beta).addcmul_(g, g, value=1 - self.beta)
         phi = self._flat(params)
-        assert self.phi0 is not None
         scale = torch.linalg.vector_norm(self.phi0).clamp_min(1e-30)
         drift = torch.linalg.vector_norm(phi - self.phi0) / scale
         logs = {"train/krnet_drift": drift.float()}

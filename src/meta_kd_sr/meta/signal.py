@@ -86,6 +86,8 @@ class MetaSignal:
         g = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in grads])
         if self.mean is None or self.m2 is None or self.mean.shape != g.shape:
             self.steps, self.mean, self.m2 = 0, torch.zeros_like(g), torch.zeros_like(g)
+        # statistics restored from a checkpoint (on CPU) follow the gradients to their device
+        self.mean, self.m2 = self.mean.to(g.device), self.m2.to(g.device)
         self.steps += 1
         delta = g - self.mean
         self.mean.add_(delta / self.steps)
