@@ -57,3 +57,10 @@ def test_model_presets_are_the_spec_sizes(preset, cls, params):
 def test_scale_and_patch_follow_one_number():
     cfg = _compose(["data=div2k", "scale=3"])
     assert cfg.model.scale == cfg.data.train.scale == 3 and cfg.data.train.patch_size == 144
+
+
+def test_gpu_trainer_preset_builds_a_cuda_trainer_config():
+    """trainer=gpu: one CUDA device in float32 (TF32 convolutions), no cuDNN autotuning (README: measured)."""
+    cfg = _compose(["trainer=gpu"])
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == ("gpu", 1, "32-true")
+    assert cfg.trainer.benchmark is False and cfg.trainer.max_steps == _compose([]).trainer.max_steps

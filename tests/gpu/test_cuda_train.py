@@ -28,7 +28,7 @@ def _gpu_train(tmp_path, overrides):
 @RunIf(bf16_cuda=True)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_on_gpu_in_bf16_mixed(tmp_path, tiny_teacher_ckpt, method):
-    result = _gpu_train(tmp_path, _kd(method, tiny_teacher_ckpt))
+    result = _gpu_train(tmp_path, [*_kd(method, tiny_teacher_ckpt), "trainer.precision=bf16-mixed"])
     assert result["iterations"] == 4
     assert 5 < result["val"]["psnr_y"] < 60
     state = read_checkpoint(result["checkpoint"])["state_dict"]
@@ -54,7 +54,7 @@ def test_16_mixed_is_refused_with_meta_learning_and_trains_output_kd(tmp_path, t
 def test_checkpoint_moves_between_cpu_and_cuda(tmp_path, tiny_teacher_ckpt, first):
     """A run trained on one device resumes on the other; its exported student gives the same SR on both."""
     second = "cpu" if first == "gpu" else "gpu"
-    mkd = [*_kd("mkd", tiny_teacher_ckpt), "trainer.precision=32-true"]
+    mkd = _kd("mkd", tiny_teacher_ckpt)
     run = train(compose_train(tmp_path / first, [*(GPU if first == "gpu" else []), *mkd], accelerator=first))
     resumed = train(
         compose_train(
