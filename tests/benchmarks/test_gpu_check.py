@@ -39,7 +39,7 @@ def test_dry_run_writes_every_section(dry):
     assert tests["tests"] >= 15 and tests["skipped"] == tests["tests"] and tests["failed_tests"] == []
     rows = {r["name"]: r for r in report["steps"]["results"]}
     for family in ("edsr", "rcan"):
-        for method in ("scratch", "output", "mkd"):
+        for method in ("output", "mkd"):
             for precision in ("fp32", "bf16"):
                 row = rows[f"{family}/{method}/{precision}"]
                 assert row["median_s"] > 0 and len(row["seconds"]) == 1
