@@ -8,13 +8,16 @@ from helpers import run_if
 from helpers.run_if import RunIf
 
 
-def _marks(fn):
-    return {m.name: m for m in getattr(fn, "pytestmark", [])}
+def _marks(decorator):
+    def test_something():  # pytest marks named functions only, not lambdas
+        pass
+
+    return {m.name: m for m in getattr(decorator(test_something), "pytestmark", [])}
 
 
 def test_gpu_condition_marks_and_skips_without_cuda(monkeypatch):
     monkeypatch.setattr(run_if, "cuda_count", lambda: 0)
-    marks = _marks(RunIf(min_gpus=1)(lambda: None))
+    marks = _marks(RunIf(min_gpus=1))
     assert "gpu" in marks
     assert marks["skipif"].args == (True,)
     assert marks["skipif"].kwargs["reason"] == "needs 1 CUDA device(s), found 0"
@@ -22,12 +25,12 @@ def test_gpu_condition_marks_and_skips_without_cuda(monkeypatch):
 
 def test_gpu_condition_runs_where_cuda_is_present(monkeypatch):
     monkeypatch.setattr(run_if, "cuda_count", lambda: 2)
-    marks = _marks(RunIf(min_gpus=2)(lambda: None))
+    marks = _marks(RunIf(min_gpus=2))
     assert "gpu" in marks and marks["skipif"].args == (False,)
 
 
 def test_no_condition_adds_no_gpu_marker():
-    assert "gpu" not in _marks(RunIf()(lambda: None))
+    assert "gpu" not in _marks(RunIf())
 
 
 def test_unknown_condition_is_an_error():
