@@ -55,7 +55,7 @@ def test_model_presets_are_the_spec_sizes(preset, cls, params):
 
 
 def test_scale_and_patch_follow_one_number():
-    cfg = _compose(["data=div2k", "scale=3"])
+    cfg = _compose(["experiment=div2k_edsr", "scale=3"])  # the paper recipe: 48 LR pixels at every scale
     assert cfg.model.scale == cfg.data.train.scale == 3 and cfg.data.train.patch_size == 144
 
 
@@ -64,3 +64,12 @@ def test_gpu_trainer_preset_builds_a_cuda_trainer_config():
     cfg = _compose(["trainer=gpu"])
     assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == ("gpu", 1, "32-true")
     assert cfg.trainer.benchmark is False and cfg.trainer.max_steps == _compose([]).trainer.max_steps
+
+
+def test_the_bare_command_is_a_quick_cpu_run_and_the_paper_recipe_one_override_away():
+    bare = _compose([])
+    assert bare.model.n_feats == 16 and bare.trainer.accelerator == "cpu"
+    assert bare.trainer.max_steps <= 2000 and bare.data.train._target_.endswith("EmbeddedPhotos")
+    paper = _compose(["experiment=div2k_edsr_kd", "teacher.ckpt_path=/some/teacher.pt"])
+    assert (paper.model.n_feats, paper.model.n_blocks, paper.trainer.max_steps) == (64, 16, 200000)
+    assert paper.lq_patch == 48 and paper.data.batch_size == 16 and paper.optim.optimizer.lr == 1.0e-4

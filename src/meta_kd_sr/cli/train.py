@@ -25,6 +25,7 @@ from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
 from meta_kd_sr.module import SRModule
 from meta_kd_sr.progress import display_callbacks
+from meta_kd_sr.projection import ProjectedTime
 from meta_kd_sr.recovery import (
     AtomicCheckpointIO,
     RunRefused,
@@ -98,7 +99,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume:
         check_resume(resume, module)
     summary = RunSummary(run_config(cfg, module.meta_enabled))  # config at train start, results at the end
-    callbacks, loggers = [*_instantiate_dict(cfg.get("callbacks")), summary], build_loggers(cfg)
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), summary, ProjectedTime()]
+    loggers = build_loggers(cfg)
     callbacks = display_callbacks(callbacks, cfg.trainer)
     quiet_known_noise(module.teacher, _checkpoint_dirs(callbacks) if resume else ())
     if rank_zero_only.rank == 0:
