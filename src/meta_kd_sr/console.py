@@ -9,18 +9,23 @@
   its cloud packages, its note that a configured model summary (``callbacks=rich``) replaces its own, a
   deprecation inside Lightning that newer torch releases report, the warning that an epoch is shorter than
   ``log_every_n_steps`` (logging counts iterations across epochs here), and, in a resumed run, the warning
-  that its checkpoint directory is not empty.
+  that its checkpoint directory is not empty; Lightning's ``weights_only`` note at every checkpoint save;
+  and (:func:`drop_exact_log`, used by the export) the ONNX exporter's "torchvision is not installed" lines.
+- :func:`one_line_errors` turns a user error of a command (a setting, a file, a full disk) into one line on
+  stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,9 +59,39 @@ def eval_mode_warning(n_modules: int) -> str:
     return rf"Found {n_modules} module\(s\) in eval mode at the start of training\."
 
 
+# Lightning's INFO note at every checkpoint save (it breaks the progress bar), and the ONNX exporter's warning
+# for each torchvision op it registers when torchvision is absent (this library uses none): exact texts
+WEIGHTS_ONLY_NOTE = (
+    "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    "`weights_only` was not set, defaulting to `False`.",
+)
+TORCHVISION_NOTE = (
+    "torch.onnx._internal.exporter._registration",
+    "torchvision is not installed. Skipping %s",
+)
+
+
 class _DropLightningBanners(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not LIGHTNING_BANNERS.match(record.getMessage())
+
+
+class _DropExact(logging.Filter):
+    """Drop the records whose message template is exactly ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.text
+
+
+def drop_exact_log(logger_name: str, text: str) -> None:
+    """Silence the records of logger ``logger_name`` whose message template is exactly ``text`` (once)."""
+    log = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropExact) and f.text == text for f in log.filters):
+        log.addFilter(_DropExact(text))
 
 
 def quiet_known_noise(
@@ -72,6 +107,7 @@ def quiet_known_noise(
     log = rank_zero_module.log  # the logger of Lightning's rank_zero_info
     if not any(isinstance(f, _DropLightningBanners) for f in log.filters):
         log.addFilter(_DropLightningBanners())
+    drop_exact_log(*WEIGHTS_ONLY_NOTE)
     warnings.filterwarnings("ignore", message=PYTREE_LEAFSPEC, category=FutureWarning)
     warnings.filterwarnings("ignore", message=SHORT_EPOCH_LOGGING, category=PossibleUserWarning)
     if teacher is not None:
@@ -151,3 +187,52 @@ class Phases:
         """A phase with nothing to do (e.g. a cached result): one line, ``[demo i/n] <what>``."""
         self.index += 1
         self._print(what)
+
+
+# What a user fixes (a setting, a file, a folder, the disk), as opposed to a bug: ValueError includes the runs
+# refused before they start (RunRefused); OSError a missing, unreadable or unwritable file, or a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another folder",
+    errno.EACCES: "fix its permissions or choose another folder",
+    errno.EPERM: "fix its permissions or choose another folder",
+    errno.EROFS: "the filesystem is read-only: choose another folder",
+}
+
+
+def error_line(err: BaseException) -> str:
+    """One line for a user error: the message, or for an ``OSError`` what failed, the path and what to do."""
+    if isinstance(err, OSError) and err.strerror:
+        paths = " -> ".join(os.fspath(p) for p in (err.filename, err.filename2) if p is not None)
+        text = f"{err.strerror}: {paths}" if paths else err.strerror
+        hint = _OS_HINTS.get(err.errno or 0)
+        text = f"{text} ({hint})" if hint else text
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def missing_value_error(err: Exception) -> ValueError:
+    """OmegaConf's multi-line ``MissingMandatoryValue`` as one ``ValueError`` naming the option to pass."""
+    key = getattr(err, "full_key", None) or "a mandatory option"
+    return ValueError(f"{key}= is required (it is ??? in the config): pass {key}=<value>")
+
+
+@contextmanager
+def one_line_errors(command: str) -> Iterator[None]:
+    """Print a user error of ``command`` as ``<command>: error: <one line>`` and exit with status 2.
+
+    With ``HYDRA_FULL_ERROR=1`` the error propagates with its traceback (what Hydra users set to debug).
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        yield
+    except (*USER_ERRORS, MissingMandatoryValue) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if isinstance(err, MissingMandatoryValue):
+            err = missing_value_error(err)
+        print(f"{command}: error: {error_line(err)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

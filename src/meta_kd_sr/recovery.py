@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -55,10 +56,28 @@ def first_non_finite(obj: Any) -> str | None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`~meta_kd_sr.atomic.atomic_path` (durable): never a truncated file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through :func:`~meta_kd_sr.atomic.atomic_path` (durable): never a truncated file.
+
+    Raises:
+        OSError: the file could not be written, with its path and errno (torch's writer reports a full disk
+            as ``basic_ios::clear: iostream error`` and a read-only folder as an enforce message, no path).
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as err:
+        raise _write_error(Path(path), err) from err
     return Path(path)
+
+
+def _write_error(path: Path, err: RuntimeError) -> OSError:
+    """An ``OSError`` naming ``path`` and the likely cause of a failed ``torch.save`` there."""
+    folder = path.parent if path.parent.is_dir() else Path(".")
+    if shutil.disk_usage(folder).free < 64 * 2**20:
+        return OSError(errno.ENOSPC, "could not write: no space left on device", os.fspath(path))
+    if not os.access(folder, os.W_OK):
+        return OSError(errno.EACCES, "could not write: the folder is not writable", os.fspath(path))
+    return OSError(errno.EIO, f"could not write ({str(err).splitlines()[0][:200]})", os.fspath(path))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -127,6 +146,26 @@ def _is_inside(path: str | os.PathLike, directory: Path) -> bool:
     return Path(path).resolve().is_relative_to(directory.resolve())
 
 
+def check_run_dir(
+    output_dir: str | os.PathLike, resume: str | None, overwrite: bool, export_name: str = "student.pt"
+) -> list[str]:
+    """The earlier run's outputs that this run replaces; :class:`RunRefused` if it may not reuse the dir.
+
+    Reading only: a refused run has touched nothing (the Hydra callback of ``meta-kd-sr-train`` calls it
+    before Hydra writes its ``.hydra/`` record). Resuming a checkpoint of the dir, or ``overwrite``, may.
+    """
+    output_dir = Path(output_dir)
+    names = dict.fromkeys((*RUN_OUTPUTS, export_name))
+    found = [name for name in names if _holds_output(output_dir / name)]
+    if found and not (resume and _is_inside(resume, output_dir)) and not overwrite:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        raise RunRefused(
+            f"run dir {os.fspath(output_dir)!r} already holds a run ({', '.join(found)}): pass "
+            f"resume={last} to continue it, overwrite=true to replace it, or choose another hydra.run.dir"
+        )
+    return found if not (resume and _is_inside(resume, output_dir)) else []
+
+
 def prepare_run_dir(
     output_dir: str | os.PathLike, resume: str | None, overwrite: bool, export_name: str = "student.pt"
 ) -> None:
@@ -137,18 +176,9 @@ def prepare_run_dir(
     file of the old run can pass for the new one's.
     """
     output_dir = Path(output_dir)
-    names = dict.fromkeys((*RUN_OUTPUTS, export_name))
-    found = [name for name in names if _holds_output(output_dir / name)]
-    if found and not (resume and _is_inside(resume, output_dir)):
-        if not overwrite:
-            last = output_dir / "checkpoints" / "last.ckpt"
-            raise RunRefused(
-                f"run dir {os.fspath(output_dir)!r} already holds a run ({', '.join(found)}): pass "
-                f"resume={last} to continue it, overwrite=true to replace it, or choose another hydra.run.dir"
-            )
-        for name in found:
-            target = output_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for name in check_run_dir(output_dir, resume, overwrite, export_name):
+        target = output_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     remove_stale_temporaries(output_dir / "checkpoints")
 
 
@@ -178,11 +208,47 @@ def weights_fingerprint(net: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def check_resume(path: str | os.PathLike, module: pl.LightningModule) -> None:
+class RunSettings(pl.Callback):
+    """Saves, in every checkpoint, the settings a resumed run must share (``lq_patch``, the batch size).
+
+    Lightning keeps a callback's ``state_dict`` under ``checkpoint["callbacks"]["RunSettings"]``;
+    :func:`check_resume` compares it with the resuming run's before anything is trained.
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.settings = dict(settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings, as saved in the checkpoint."""
+        return dict(self.settings)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: :func:`check_resume` has compared the settings before fit."""
+
+
+def _check_settings(where: str, ckpt: Mapping[str, Any], settings: Mapping[str, Any] | None) -> None:
+    saved = (ckpt.get("callbacks") or {}).get(RunSettings.__qualname__)
+    if not settings or not isinstance(saved, Mapping):  # checkpoints of older versions did not record them
+        return
+    changed = [k for k in settings if k in saved and saved[k] != settings[k]]
+    if changed:
+        was = ", ".join(f"{k}={saved[k]}" for k in changed)
+        now = ", ".join(f"{k}={settings[k]}" for k in changed)
+        raise RunRefused(
+            f"{where} was trained with {was} but this run asks {now}: resume with the same settings "
+            "(a changed patch or batch would not continue the same run), or start a new run"
+        )
+
+
+def check_resume(
+    path: str | os.PathLike, module: pl.LightningModule, settings: Mapping[str, Any] | None = None
+) -> None:
     """Refuse, in one line, a ``resume=`` file that cannot continue the run of ``module``.
 
     Catches a file that is not a checkpoint, an exported network (weights only), a checkpoint of another
-    student or teacher, and one whose tensors do not fit this run (another distillation method or size).
+    student or teacher, one whose tensors do not fit this run (another distillation method or size), and
+    one saved with other :class:`RunSettings` ``settings`` (``lq_patch``, batch size).
     """
     where = f"resume={os.fspath(path)}"
     if not Path(path).is_file():
@@ -209,6 +275,7 @@ def check_resume(path: str | os.PathLike, module: pl.LightningModule) -> None:
             f"than this run's ({_teacher_identity(mine.get('teacher_config'))}): resume with the same teacher"
         )
     _check_tensors_fit(where, ckpt.get("state_dict") or {}, module)
+    _check_settings(where, ckpt, settings)
 
 
 def _teacher_identity(config: Mapping[str, Any] | None) -> tuple[Any, Any] | None:

@@ -112,4 +112,4 @@ def test_bad_requests_name_the_fix(tmp_path, capsys):
         export(ckpt, tmp_path / "x", ["onnx"], dynamic="batch")
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing.ckpt"), str(tmp_path / "x.pt")])
-    assert exit_info.value.code == 1 and "checkpoint not found" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err

@@ -136,16 +136,24 @@ def test_non_finite_values_and_runs_without_overrides(tmp_path):
     assert groups[0].mean_sd("val/ssim_y") == pytest.approx((0.8, 0.1))
 
 
+def _exit_code(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(argv)
+    return exit_info.value.code
+
+
 def test_errors_a_user_sees(tmp_path, capsys, monkeypatch):
-    assert report.main([str(tmp_path)]) == 2
-    assert "no eval.json in it or below" in capsys.readouterr().err
-    assert report.main([str(tmp_path / "missing")]) == 2
+    assert _exit_code([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no eval.json in it or below" in err and len(err.strip().splitlines()) == 1
+    assert _exit_code([str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
     run = _run_dir(tmp_path, 0, ["seed=0"], 27.0, 0.8, 30.0)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    assert report.main([str(run)]) == 2
-    assert "pip install matplotlib" in capsys.readouterr().err and not (run / "report.md").exists()
-    assert report.main([str(run), "--no-chart"]) == 0 and (run / "report.md").is_file()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: the tables, and a hint
+    assert report.main([str(run)]) == 0 and (run / "report.md").is_file() and (run / "report.csv").is_file()
+    assert not (run / "report.png").exists()
+    assert "no chart: the chart (report.png) needs matplotlib" in capsys.readouterr().err
+    assert report.main([str(run), "--no-chart"]) == 0 and "no chart" not in capsys.readouterr().err
 
 
 def test_console_script(sweep, tmp_path):

@@ -10,6 +10,10 @@ from omegaconf import OmegaConf
 
 # `${mul:${lq_patch},${scale}}`: HR patch sizes follow the scale (48 LR pixels at x2/x3/x4, as EDSR trains).
 OmegaConf.register_new_resolver("mul", lambda *xs: __import__("math").prod(xs), replace=True)
+# `${shipped_teacher:}`: the path of the tiny teacher shipped with the package (experiment=tiny_kd's default).
+OmegaConf.register_new_resolver(
+    "shipped_teacher", lambda: str(__import__("meta_kd_sr.assets").assets.shipped_teacher()), replace=True
+)
 
 
 def config_dir() -> str:

@@ -1,7 +1,8 @@
 """``make demo``: meta KD end to end on the photos embedded in scikit-image, on CPU.
 
-A tiny teacher is trained once (and reused from the output dir afterwards); a scratch student and a meta-KD
-student are then trained with the same budget; everything is evaluated with the SR protocol on the held-out
+The tiny teacher shipped with the package is used (``--retrain-teacher`` trains one with the same recipe in
+the output dir instead); a scratch student and a meta-KD student are then trained with the same budget;
+everything is evaluated with the SR protocol on the held-out
 embedded photos and printed as one table next to the bicubic row. Each phase prints a start line and a done
 line with its seconds and output; a progress bar counts the iterations of each training.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from meta_kd_sr.assets import shipped_teacher
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import score_dataset
 from meta_kd_sr.cli.train import train
@@ -54,29 +56,29 @@ def exported_network(record: dict[str, Any]) -> str:
     return record.get("export") or record["student"]
 
 
-def _train_once(
-    phases: Phases, what: str, out: Path, overrides: list[str], reuse: bool = False
-) -> tuple[str, float]:
-    done = out / "eval.json"
-    if reuse and done.is_file():
-        path = exported_network(json.loads(done.read_text()))
-        phases.skip(f"{what}: reusing {path} (--retrain-teacher trains it again)")
-        return path, 0.0
+def _train_once(phases: Phases, what: str, out: Path, overrides: list[str]) -> tuple[str, float]:
     phases.start(what)
     result = train(_cfg(out, [*overrides, "overwrite=true"]))  # a rerun of the demo replaces its runs
     return result["export"], phases.done(result["export"])
 
 
-def run_demo(output_dir: Path, steps: int, teacher_steps: int, reuse_teacher: bool = True) -> dict[str, Any]:
-    """Train teacher (cached), scratch and meta-KD students; return the evaluation table."""
+def _teacher(phases: Phases, output_dir: Path, teacher_steps: int, retrain: bool) -> tuple[str, float]:
+    """The shipped tiny teacher, or (``retrain``) one trained by its recipe in ``<output_dir>/teacher``."""
+    if not retrain:
+        path = str(shipped_teacher())
+        phases.skip(f"using the shipped tiny teacher {path} (--retrain-teacher trains one)")
+        return path, 0.0
+    what = f"training the tiny teacher ({teacher_steps} iterations)"
+    overrides = ["experiment=tiny_teacher", *_budget(teacher_steps)]
+    return _train_once(phases, what, output_dir / "teacher", overrides)
+
+
+def run_demo(
+    output_dir: Path, steps: int, teacher_steps: int, retrain_teacher: bool = False
+) -> dict[str, Any]:
+    """Take the shipped teacher (or train one), train scratch and meta-KD students; return the table."""
     phases = Phases("demo", N_PHASES)
-    teacher_path, t_teacher = _train_once(
-        phases,
-        f"training the tiny teacher ({teacher_steps} iterations)",
-        output_dir / "teacher",
-        ["experiment=tiny_teacher", *_budget(teacher_steps)],
-        reuse_teacher,
-    )
+    teacher_path, t_teacher = _teacher(phases, output_dir, teacher_steps, retrain_teacher)
     rows: dict[str, Any] = {}
     scratch, t_scratch = _train_once(
         phases,
@@ -109,19 +111,19 @@ def run_demo(output_dir: Path, steps: int, teacher_steps: int, reuse_teacher: bo
         "scale": scale,
         "val_photos": names,
         "student_steps": steps,
-        "teacher_steps": teacher_steps,
+        "teacher_steps": teacher_steps if retrain_teacher else None,
+        "teacher": teacher_path,
     }
     phases.done()
     return rows
 
 
-def demo_outputs(output_dir: Path) -> str:
-    """Where the demo wrote its files."""
-    teacher = output_dir / "teacher" / "eval.json"
+def demo_outputs(output_dir: Path, teacher: str | None = None) -> str:
+    """Where the demo wrote its files (and which teacher it used)."""
     return format_outputs(
         [
             ("table", output_dir / "demo.json"),
-            ("teacher", exported_network(json.loads(teacher.read_text())) if teacher.is_file() else None),
+            ("teacher", teacher),
             ("scratch run", output_dir / "scratch"),
             ("MKD run", output_dir / "mkd"),
         ]
@@ -150,14 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m meta_kd_sr.cli.demo", description=__doc__)
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--steps", type=int, default=800, help="iterations of each student")
-    parser.add_argument("--teacher-steps", type=int, default=1000)
-    parser.add_argument("--retrain-teacher", action="store_true")
+    parser.add_argument("--teacher-steps", type=int, default=1000, help="with --retrain-teacher")
+    parser.add_argument(
+        "--retrain-teacher", action="store_true", help="train the tiny teacher instead of the shipped one"
+    )
     args = parser.parse_args(argv)
     out = Path(args.output_dir).resolve()
-    rows = run_demo(out, args.steps, args.teacher_steps, reuse_teacher=not args.retrain_teacher)
+    rows = run_demo(out, args.steps, args.teacher_steps, retrain_teacher=args.retrain_teacher)
     (out / "demo.json").write_text(json.dumps(rows, indent=2))
     print(format_rows(rows))
-    print(demo_outputs(out))
+    print(demo_outputs(out, rows["_setup"]["teacher"]))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from meta_kd_sr.cli import config_dir, hydra_log
-from meta_kd_sr.console import format_outputs
+from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data import ImageFolderSR, save_png
 from meta_kd_sr.finite import finite_or_none
 from meta_kd_sr.inference import resolve_device, sr_function
@@ -207,10 +207,11 @@ def format_table(results: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-eval``)."""
-    log.info("eval config:\n%s", OmegaConf.to_yaml(cfg))
-    if cfg.get("output_json") is None:
-        cfg.output_json = str(Path(HydraConfig.get().runtime.output_dir) / "eval.json")
-    evaluate(cfg)
+    with one_line_errors("meta-kd-sr-eval"):  # a setting, file or disk to fix: one line, exit status 2
+        log.info("eval config:\n%s", OmegaConf.to_yaml(cfg))
+        if cfg.get("output_json") is None:
+            cfg.output_json = str(Path(HydraConfig.get().runtime.output_dir) / "eval.json")
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``meta-kd-sr-export <checkpoint> <out> [--formats pt torchscript onnx]``: the student alone, to deploy.
+"""``meta-kd-sr-export ckpt_path=<checkpoint> out=<base> [formats=[pt,torchscript,onnx]]``: the student alone.
 
 - ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.save_student`), which
   ``meta-kd-sr-eval``/``meta-kd-sr-upscale`` and ``student_from_checkpoint`` rebuild;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from meta_kd_sr.atomic import atomic_path
-from meta_kd_sr.console import format_outputs
+from meta_kd_sr.console import TORCHVISION_NOTE, drop_exact_log, format_outputs, one_line_errors
 from meta_kd_sr.inference import SRForward, resolve_device
 from meta_kd_sr.models import SRNet
 from meta_kd_sr.models.checkpoint import exportable_student, save_student
@@ -219,35 +220,78 @@ def _run_onnx(tmp: Path, path: Path, check: torch.Tensor, expected: torch.Tensor
     return _compare("ONNX", path, torch.from_numpy(out), expected)
 
 
+KEYS = ("ckpt_path", "out", "formats", "opset", "dynamic", "example_size", "device")
+USAGE = """meta-kd-sr-export ckpt_path=<.ckpt | student.pt> out=<file or base name>
+    [formats=[pt,torchscript,onnx]] [opset=18] [dynamic=all|hw|none] [example_size=[64,64]] [device=cpu]
+
+Writes the student alone: <base>.pt, <base>.torchscript.pt, <base>.onnx. TorchScript and ONNX files are
+reloaded and checked against the eager network (TorchScript on `device`: cpu, cuda, auto). The older form
+also works:
+meta-kd-sr-export <ckpt> <out> [--formats pt onnx] [--opset 18] [--dynamic all] [--example-size 64 64]
+[--device cpu]"""
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments (like the other commands), or the older positional form, as ``export`` kwargs.
+
+    Raises:
+        ValueError: an unknown key, a missing ``ckpt_path``/``out``, or a value of the wrong kind.
+    """
+    from omegaconf import OmegaConf
+
+    if not any("=" in a and not a.startswith("-") for a in argv):
+        return _legacy_args(argv)
+    pairs = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+    unknown = [k for k in pairs if k not in KEYS]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}: meta-kd-sr-export takes {', '.join(KEYS)}")
+    missing = [k for k in ("ckpt_path", "out") if pairs.get(k) in (None, "")]
+    if missing:
+        example = "ckpt_path=<last.ckpt> out=exports/student"
+        raise ValueError(f"{'= and '.join(missing)}= is required, e.g. {example}")
+    formats = pairs.get("formats", ["pt"])
+    size = pairs.get("example_size", [64, 64])
+    if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) for v in size):
+        raise ValueError(f"example_size={size!r}: expected two integers, e.g. example_size=[64,64]")
+    opset = pairs.get("opset", DEFAULT_OPSET)
+    if not isinstance(opset, int):
+        raise ValueError(f"opset={opset!r}: expected an integer, e.g. opset={DEFAULT_OPSET}")
+    return {
+        "ckpt_path": str(pairs["ckpt_path"]),
+        "out_path": str(pairs["out"]),
+        "formats": [str(f) for f in (formats if isinstance(formats, list) else [formats])],
+        "opset": opset,
+        "dynamic": str(pairs.get("dynamic", "all")),
+        "example_size": tuple(size),
+        "device": str(pairs.get("device", "cpu")),
+    }
+
+
+def _legacy_args(argv: Sequence[str]) -> dict[str, Any]:
+    """The older form: ``<ckpt> <out> [--formats ...] [--opset N] [--dynamic D] [--example-size H W]``."""
+    parser = argparse.ArgumentParser(
+        prog="meta-kd-sr-export", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("ckpt_path")
+    parser.add_argument("out_path")
+    parser.add_argument("--formats", nargs="+", default=["pt"], choices=FORMATS)
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--dynamic", default="all", choices=list(DYNAMIC))
+    parser.add_argument("--example-size", nargs=2, type=int, default=[64, 64], metavar=("H", "W"))
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(list(argv))
+    return {**vars(args), "example_size": tuple(args.example_size)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``meta-kd-sr-export <checkpoint> <out> [--formats ...]``: write the student alone, for deployment."""
-    parser = argparse.ArgumentParser(prog="meta-kd-sr-export", description=main.__doc__)
-    parser.add_argument(
-        "ckpt_path", help="training checkpoint (.ckpt) written by meta-kd-sr-train, or student.pt"
-    )
-    parser.add_argument(
-        "out_path", help="output file or base name: <base>.pt, <base>.torchscript.pt, <base>.onnx"
-    )
-    parser.add_argument("--formats", nargs="+", default=["pt"], choices=FORMATS, help="formats to write")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--dynamic", default="all", choices=list(DYNAMIC), help="ONNX dynamic axes")
-    parser.add_argument("--device", default="cpu", help="where TorchScript is checked: cpu, cuda, auto")
-    parser.add_argument(
-        "--example-size", nargs=2, type=int, default=[64, 64], metavar=("H", "W"), help="LR example size"
-    )
-    args = parser.parse_args(argv)
-    try:
-        done = export(
-            args.ckpt_path,
-            args.out_path,
-            args.formats,
-            args.opset,
-            args.dynamic,
-            args.example_size,
-            args.device,
-        )
-    except (FileNotFoundError, ValueError, FloatingPointError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    """Console entry point (``meta-kd-sr-export``): write the student alone, for deployment."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in ([], ["-h"], ["--help"]):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    drop_exact_log(*TORCHVISION_NOTE)
+    with one_line_errors("meta-kd-sr-export"):  # a setting, file or disk to fix: one line, exit status 2
+        done = export(**parse_args(argv))
     for fmt, item in done.items():
         if fmt != "pt":
             print(_check_note(fmt, item["max_abs_diff"], item["checked_on"]))

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from meta_kd_sr.cli import config_dir, hydra_log
-from meta_kd_sr.console import format_outputs
+from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data.prepare import default_lr_dir, generate_lr_folder
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def prepare(cfg: DictConfig) -> dict[int, Path]:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="prepare")
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-prepare``)."""
-    prepare(cfg)
+    with one_line_errors("meta-kd-sr-prepare"):  # a setting, file or disk to fix: one line, exit status 2
+        prepare(cfg)
 
 
 if __name__ == "__main__":

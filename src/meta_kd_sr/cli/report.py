@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from meta_kd_sr.console import one_line_errors
+
 METRICS = ("psnr_y", "ssim_y")
 # Overrides that do not make a run another setting: its seed and where it writes.
 IGNORED = ("seed", "resume", "overwrite", "paths.output_dir")
@@ -199,6 +201,18 @@ def write_csv(path: Path, groups: Sequence[Group], columns: Sequence[str]) -> No
             writer.writerow(row + ["" if v is None else repr(v) for pair in stats for v in pair])
 
 
+CHART_HINT = "the chart (report.png) needs matplotlib: pip install matplotlib, or from a checkout pip install '.[report]'"
+
+
+def chart_available() -> bool:
+    """Whether matplotlib can be imported (the tables never need it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot() -> Any:
     """Pyplot of matplotlib on the Agg backend (files only, no display).
 
@@ -208,9 +222,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "the chart needs matplotlib: pip install matplotlib (or pass --no-chart for the tables alone)"
-        ) from err
+        raise ModuleNotFoundError(CHART_HINT) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -251,8 +263,6 @@ def report(
     Returns:
         The files written.
     """
-    if chart:
-        _pyplot()  # before anything is written: a missing matplotlib fails the command, not half of it
     runs = [read_run(p) for p in find_runs(paths)]
     groups = group_runs(runs, ignore)
     columns = columns_of(runs)
@@ -283,7 +293,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="also group across this override key (repeatable; seed and output paths always are)",
     )
-    parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart (no matplotlib needed)")
+    parser.add_argument(
+        "--no-chart", action="store_true", help="skip the PNG chart (written when matplotlib is)"
+    )
     return parser
 
 
@@ -291,14 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``meta-kd-sr-report``); prints the table and the paths it wrote."""
     args = _parser().parse_args(argv)
     out = args.out if args.out is not None else (args.paths[0] if len(args.paths) == 1 else Path("."))
-    try:
-        written = report(args.paths, out, (*IGNORED, *args.ignore), chart=not args.no_chart)
-    except (FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"meta-kd-sr-report: {err}", file=sys.stderr)
-        return 2
+    chart = not args.no_chart and chart_available()
+    with one_line_errors("meta-kd-sr-report"):  # a missing folder, an unwritable --out: one line, status 2
+        written = report(args.paths, out, (*IGNORED, *args.ignore), chart=chart)
     print(written[0].read_text())
     for path in written:
         print(path)
+    if not args.no_chart and not chart:
+        print(f"no chart: {CHART_HINT}", file=sys.stderr)
     return 0
 
 

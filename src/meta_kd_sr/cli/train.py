@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
 from meta_kd_sr.cli.loggers import build_loggers, run_config
-from meta_kd_sr.console import quiet_known_noise, run_outputs
+from meta_kd_sr.console import one_line_errors, quiet_known_noise, run_outputs
 from meta_kd_sr.finite import NonFiniteError, finite_or_none
 from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
@@ -29,6 +29,7 @@ from meta_kd_sr.projection import ProjectedTime
 from meta_kd_sr.recovery import (
     AtomicCheckpointIO,
     RunRefused,
+    RunSettings,
     check_meta_split,
     check_resume,
     check_writable,
@@ -36,7 +37,7 @@ from meta_kd_sr.recovery import (
     weights_fingerprint,
 )
 from meta_kd_sr.summary import RunSummary, validation_psnr
-from meta_kd_sr.teacher import load_teacher
+from meta_kd_sr.teacher import MISSING_TEACHER, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def build_module(cfg: DictConfig) -> SRModule:
     student = instantiate(cfg.model)
     teacher = None
     if cfg.get("teacher") and cfg.teacher.get("net"):
+        if OmegaConf.is_missing(cfg.teacher, "ckpt_path"):  # ??? in the preset: one line, not OmegaConf's
+            raise RunRefused(MISSING_TEACHER)
         teacher = load_teacher(
             instantiate(cfg.teacher.net), cfg.teacher.get("ckpt_path"), cfg.teacher.get("format")
         )
@@ -96,10 +99,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_meta_split(module.meta_enabled, datamodule.has_split("meta"), _choice("distill"), _choice("data"))
+    settings = RunSettings({"lq_patch": int(cfg.lq_patch), "data.batch_size": int(cfg.data.batch_size)})
     if resume:
-        check_resume(resume, module)
+        check_resume(resume, module, settings.settings)
     summary = RunSummary(run_config(cfg, module.meta_enabled))  # config at train start, results at the end
-    callbacks = [*_instantiate_dict(cfg.get("callbacks")), summary, ProjectedTime()]
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), summary, settings, ProjectedTime()]
     loggers = build_loggers(cfg)
     callbacks = display_callbacks(callbacks, cfg.trainer)
     quiet_known_noise(module.teacher, _checkpoint_dirs(callbacks) if resume else ())
@@ -207,15 +211,14 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point (``meta-kd-sr-train``); returns the validation PSNR_y, what a sweeper optimises."""
-    _refuse_ddp_multirun(cfg)
-    try:
-        result = train(cfg)
-    except RunRefused as err:  # a configuration to change: one line, no traceback
-        print(f"meta-kd-sr-train: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except NonFiniteError as err:  # the last good checkpoint is on disk; nothing non-finite was written
-        print(f"meta-kd-sr-train: training stopped: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    with one_line_errors("meta-kd-sr-train"):  # a setting, file or disk to fix: one line, exit status 2
+        _refuse_ddp_multirun(cfg)
+        log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        try:
+            result = train(cfg)
+        except NonFiniteError as err:  # the last good checkpoint is on disk; nothing non-finite was written
+            print(f"meta-kd-sr-train: training stopped: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
     return validation_psnr(result)
 
 

@@ -8,7 +8,6 @@ file is never overwritten. Grayscale images are upscaled as gray replicated on R
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch import nn
 from meta_kd_sr.atomic import atomic_path
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import load_network
-from meta_kd_sr.console import format_outputs
+from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data.io import IMAGE_EXTENSIONS, read_image, save_png, to_float, to_uint8
 from meta_kd_sr.inference import ModelFn, resolve_device, sr_function
 
@@ -178,11 +177,8 @@ def summary(written: dict[Path, Path], skipped: dict[Path, str], output_dir: Pat
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="upscale")
 def main(cfg: DictConfig) -> None:
     """Console entry point (``meta-kd-sr-upscale``); exit status 1 when an image could not be decoded."""
-    try:
+    with one_line_errors("meta-kd-sr-upscale"):  # a setting, file or disk to fix: one line, exit status 2
         result = upscale(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (FileNotFoundError, ValueError) as err:  # a setting to change: one line, no traceback
-        print(f"meta-kd-sr-upscale: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     if result["failed"]:
         raise SystemExit(1)
 

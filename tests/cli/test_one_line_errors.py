@@ -1,0 +1,189 @@
+"""Every command refuses a user error in one line naming the file or option, with exit status 2."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import FAST, compose_train
+
+from meta_kd_sr import recovery
+from meta_kd_sr.cli import evaluate, train, upscale
+from meta_kd_sr.console import error_line
+from meta_kd_sr.data import save_png
+
+
+def _run(monkeypatch, capsys, main, *argv: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["cmd", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_refused_run_dir_reuse_leaves_every_file_of_the_old_run_byte_identical(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    for name, text in {
+        ".hydra/config.yaml": "distill: none-record\n",
+        ".hydra/hydra.yaml": "hydra:\n  runtime:\n    choices:\n      distill: none\n",
+        ".hydra/overrides.yaml": "- experiment=tiny_sr\n",
+        "checkpoints/last.ckpt": "old checkpoint",
+        "student.pt": "old student",
+        "eval.json": "{}",
+        "train.log": "old log\n",
+    }.items():
+        (run / name).write_text(text)
+    before = _digests(run)
+    err = _run(monkeypatch, capsys, train.main, "experiment=tiny_kd", f"hydra.run.dir={run}")
+    assert err.startswith(f"meta-kd-sr-train: error: run dir '{run}' already holds a run"), err
+    assert "overwrite=true" in err and f"resume={run / 'checkpoints' / 'last.ckpt'}" in err
+    assert _digests(run) == before
+
+
+def test_missing_teacher_is_one_line_naming_the_shipped_teacher_and_the_recipe(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    argv = ["experiment=tiny_sr", "teacher=edsr_tiny_teacher", "distill=output", f"hydra.run.dir={run}"]
+    err = _run(monkeypatch, capsys, train.main, *argv)
+    assert err.startswith("meta-kd-sr-train: error: teacher.ckpt_path is not set"), err
+    assert "tiny_teacher_x4.pt" in err and "experiment=tiny_teacher" in err
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["cmd", "ckpt_path=bicubic", "input=/nope", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="input not found: /nope"):
+        upscale.main()
+
+
+@pytest.fixture
+def hr_folder(tmp_path) -> Path:
+    folder = tmp_path / "HR"
+    folder.mkdir()
+    save_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), folder / "ok.png")
+    return folder
+
+
+def test_eval_bad_checkpoint(tmp_path, monkeypatch, capsys, hr_folder):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    argv = [f"ckpt_path={bad}", f"hr_dirs=[{hr_folder}]", f"hydra.run.dir={tmp_path / 'e'}"]
+    err = _run(monkeypatch, capsys, evaluate.main, *argv)
+    assert err.startswith("meta-kd-sr-eval: error: ") and str(bad) in err, err
+
+
+def test_eval_corrupt_image(tmp_path, monkeypatch, capsys, hr_folder):
+    (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    argv = ["ckpt_path=bicubic", f"hr_dirs=[{hr_folder}]", f"hydra.run.dir={tmp_path / 'e'}"]
+    err = _run(monkeypatch, capsys, evaluate.main, *argv)
+    assert err.startswith("meta-kd-sr-eval: error: ") and "broken.png" in err, err
+
+
+def test_eval_image_too_small_for_the_scale(tmp_path, monkeypatch, capsys, hr_folder):
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), hr_folder / "tiny.png")
+    argv = ["ckpt_path=bicubic", f"hr_dirs=[{hr_folder}]", f"hydra.run.dir={tmp_path / 'e'}"]
+    err = _run(monkeypatch, capsys, evaluate.main, *argv)
+    assert err.startswith("meta-kd-sr-eval: error: ") and "tiny.png" in err, err
+
+
+def test_eval_missing_mandatory_option(tmp_path, monkeypatch, capsys):
+    err = _run(monkeypatch, capsys, evaluate.main, "ckpt_path=bicubic", f"hydra.run.dir={tmp_path / 'e'}")
+    assert (
+        err == "meta-kd-sr-eval: error: hr_dirs= is required (it is ??? in the config): pass hr_dirs=<value>"
+    )
+
+
+def test_training_image_too_small_for_the_patch(tmp_path, monkeypatch, capsys):
+    hr = tmp_path / "div2k" / "DIV2K_train_HR"
+    hr.mkdir(parents=True)
+    save_png(torch.randint(0, 256, (3, 200, 200), dtype=torch.uint8), hr / "0001.png")
+    save_png(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8), hr / "0002.png")
+    argv = [
+        "data=div2k",
+        f"paths.div2k={tmp_path / 'div2k'}",
+        "data.train.index_range=[1,2]",
+        "data.val=null",
+    ]
+    argv += [
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    ]
+    err = _run(monkeypatch, capsys, train.main, *argv)
+    assert err.startswith("meta-kd-sr-train: error: 1 of 2 training images cannot be used"), err
+    assert f"{hr / '0002.png'}: HR 40x40" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished")
+    train.train(compose_train(out, ["experiment=tiny_sr"]))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("lq_patch=12", "lq_patch=8 but this run asks lq_patch=12"),
+        ("data.batch_size=2", "data.batch_size=4 but"),
+    ],
+)
+def test_resume_with_another_patch_or_batch_is_refused(
+    tmp_path, monkeypatch, capsys, finished_run, change, message
+):
+    last = finished_run / "checkpoints" / "last.ckpt"
+    argv = [*FAST, "experiment=tiny_sr", f"resume={last}", change, f"hydra.run.dir={tmp_path / 'r'}"]
+    err = _run(monkeypatch, capsys, train.main, *argv)
+    assert err.startswith(f"meta-kd-sr-train: error: resume={last} was trained with"), err
+    assert message in err
+
+
+def test_read_only_upscale_output_names_the_file(tmp_path, monkeypatch, capsys):
+    save_png(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8), tmp_path / "in.png")
+
+    def read_only(path, durable=True):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(upscale, "atomic_path", read_only)
+    monkeypatch.setattr("meta_kd_sr.data.io.atomic_path", read_only)
+    out = tmp_path / "out"
+    argv = ["ckpt_path=bicubic", "scale=2", f"input={tmp_path / 'in.png'}", f"output={out}"]
+    err = _run(monkeypatch, capsys, upscale.main, *argv, f"hydra.run.dir={tmp_path / 'r'}")
+    assert err == (
+        f"meta-kd-sr-upscale: error: Permission denied: {out / 'in_x2.png'} "
+        "(fix its permissions or choose another folder)"
+    )
+
+
+def test_full_disk_names_the_checkpoint_and_what_to_do(tmp_path, monkeypatch):
+    def full(obj, f):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos\nbasic_ios::clear: iostream error"
+        )
+
+    monkeypatch.setattr(recovery.torch, "save", full)
+    monkeypatch.setattr(recovery.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(OSError) as err:
+        recovery.atomic_save({"x": 1}, tmp_path / "ckpt" / "last.ckpt")
+    assert error_line(err.value) == (
+        f"could not write: no space left on device: {tmp_path / 'ckpt' / 'last.ckpt'} "
+        "(the disk is full: free some space or choose another folder)"
+    )
+    assert not list((tmp_path / "ckpt").iterdir())  # no temporary left behind
