@@ -30,7 +30,7 @@ from meta_kd_sr.inference import upscale_bicubic
 from meta_kd_sr.metrics import psnr_y, ssim_y
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_INPUTS = ("pyproject.toml", "README.md", "src", "conf")
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "src", "conf")
 SCALE = 2
 # A guard against a hung command only (a build, an install, one tiny evaluation).
 HANG_GUARD_S = 1800
@@ -131,6 +131,12 @@ def test_wheel_carries_every_module(wheel_names):
     assert not missing, f"not in the wheel (add their packages to [tool.setuptools] packages): {missing}"
 
 
+def test_wheel_carries_the_shipped_teacher_the_license_and_the_type_marker(wheel_names):
+    assets = {"meta_kd_sr/assets/tiny_teacher_x4.pt", "meta_kd_sr/assets/tiny_teacher_x4.json"}
+    assert assets | {"meta_kd_sr/py.typed"} <= wheel_names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_names)
+
+
 def test_wheel_metadata(wheel, wheel_names):
     (dist_info,) = {name.split("/")[0] for name in wheel_names if name.endswith(".dist-info/METADATA")}
     with zipfile.ZipFile(wheel) as archive:
@@ -156,13 +162,14 @@ def test_installed_eval_runs_outside_the_checkout(fresh_venv, hr_folder, tmp_pat
     env, cwd = _user_env(fresh_venv), tmp_path / "elsewhere"
     cwd.mkdir()
     probe = (
-        "import json, meta_kd_sr as m, meta_kd_sr.cli as c; print(json.dumps([m.__file__, c.config_dir()]))"
+        "import json, meta_kd_sr as m, meta_kd_sr.cli as c, meta_kd_sr.assets as a; "
+        "print(json.dumps([m.__file__, c.config_dir(), str(a.shipped_teacher())]))"
     )
     proc = _run([fresh_venv / "bin" / "python", "-c", probe], cwd=cwd, env=env)
-    module, conf = (Path(p).resolve() for p in json.loads(proc.stdout))
+    module, conf, teacher = (Path(p).resolve() for p in json.loads(proc.stdout))
     package = module.parent
     assert package.is_relative_to(fresh_venv.resolve()), module  # the wheel's copy, not the checkout
-    assert conf == package / "conf"
+    assert conf == package / "conf" and teacher == package / "assets" / "tiny_teacher_x4.pt"
 
     out, run_dir = tmp_path / "out" / "bicubic.json", tmp_path / "run"
     command = [

@@ -39,7 +39,7 @@ def test_demo_uses_the_shipped_teacher_by_default(tmp_path, capsys):
     assert rows["teacher"]["train_s"] == 0.0 and rows["_setup"]["teacher"] == str(shipped)
     # the manifest's held-out scores are what the demo's scoring gives for the shipped file
     assert rows["teacher"]["psnr_y"] == pytest.approx(manifest["held_out"]["psnr_y"], abs=1e-6)
-    assert rows["teacher"]["psnr_y"] > rows["bicubic"]["psnr_y"] + 0.5
+    assert rows["teacher"]["psnr_y"] > rows["bicubic"]["psnr_y"] + 0.4
     first = _phase_lines(capsys.readouterr().out)[0]
     assert first == f"[demo 1/4] using the shipped tiny teacher {shipped} (--retrain-teacher trains one)"
     assert demo_outputs(tmp_path, str(shipped)).splitlines() == [

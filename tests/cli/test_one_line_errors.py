@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -13,9 +14,16 @@ import torch
 from cli_helpers import FAST, compose_train
 
 from meta_kd_sr import recovery
-from meta_kd_sr.cli import evaluate, train, upscale
-from meta_kd_sr.console import error_line
+from meta_kd_sr.cli import evaluate, export, prepare, train, upscale
+from meta_kd_sr.console import (
+    TORCHVISION_NOTE,
+    WEIGHTS_ONLY_NOTE,
+    drop_exact_log,
+    error_line,
+    quiet_known_noise,
+)
 from meta_kd_sr.data import save_png
+from meta_kd_sr.models import EDSR
 
 
 def _run(monkeypatch, capsys, main, *argv: str) -> str:
@@ -187,3 +195,50 @@ def test_full_disk_names_the_checkpoint_and_what_to_do(tmp_path, monkeypatch):
         "(the disk is full: free some space or choose another folder)"
     )
     assert not list((tmp_path / "ckpt").iterdir())  # no temporary left behind
+
+
+@pytest.fixture
+def student_pt(tmp_path) -> Path:
+    net = EDSR(scale=2, n_feats=8, n_blocks=2)
+    config = {"_target_": "meta_kd_sr.models.EDSR", "scale": 2, "n_feats": 8, "n_blocks": 2}
+    torch.save({"state_dict": net.state_dict(), "config": config}, tmp_path / "student.pt")
+    return tmp_path / "student.pt"
+
+
+def test_export_takes_key_value_like_the_other_commands_and_the_old_form(tmp_path, student_pt, capsys):
+    export.main([f"ckpt_path={student_pt}", f"out={tmp_path / 'a'}", "formats=[pt]"])
+    export.main([str(student_pt), str(tmp_path / "b.pt"), "--formats", "pt"])
+    assert (tmp_path / "a.pt").is_file() and (tmp_path / "b.pt").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([f"ckpt_path={student_pt}", "formats=[pt]", "opset=x"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("meta-kd-sr-export: error: out= is required"), err
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'c'}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "nope.ckpt" in err and len(err.splitlines()) == 1, err
+
+
+def test_export_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "ckpt_path=" in out and "``" not in out
+
+
+def test_prepare_missing_folder(tmp_path, monkeypatch, capsys):
+    argv = [f"hr_dir={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'p'}"]
+    err = _run(monkeypatch, capsys, prepare.main, *argv)
+    assert err.startswith("meta-kd-sr-prepare: error: ") and str(tmp_path / "nope") in err, err
+
+
+def test_known_noise_is_dropped_by_its_exact_text(caplog):
+    quiet_known_noise()
+    drop_exact_log(*TORCHVISION_NOTE)
+    for name, text, arg in [(*WEIGHTS_ONLY_NOTE, None), (*TORCHVISION_NOTE, "torchvision::nms")]:
+        logger = logging.getLogger(name)
+        with caplog.at_level(logging.INFO, logger=name):
+            logger.warning(text, arg) if arg else logger.warning(text)
+            logger.warning("another message")
+    assert [r.getMessage() for r in caplog.records] == ["another message", "another message"]

@@ -201,7 +201,9 @@ def write_csv(path: Path, groups: Sequence[Group], columns: Sequence[str]) -> No
             writer.writerow(row + ["" if v is None else repr(v) for pair in stats for v in pair])
 
 
-CHART_HINT = "the chart (report.png) needs matplotlib: pip install matplotlib, or from a checkout pip install '.[report]'"
+CHART_HINT = (
+    "the chart (report.png) needs matplotlib: pip install matplotlib (in a checkout: pip install '.[report]')"
+)
 
 
 def chart_available() -> bool:
