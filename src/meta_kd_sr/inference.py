@@ -184,6 +184,34 @@ def sr_function(
     return (lambda lq: self_ensemble(run, lq)) if ensemble else run
 
 
+def tile_setting(tile: object, overlap: object = 16) -> tuple[int | None, int]:
+    """A command's ``tile=`` and ``tile_overlap=`` as ints; ``tile=null`` runs the whole image.
+
+    Raises:
+        ValueError: naming the option, for a value that is not an integer, ``tile`` <= ``2 * tile_overlap``
+            (``tile=0`` included: ``null`` means no tiling), or a negative overlap.
+    """
+    values = []
+    for name, value in (("tile_overlap", overlap), ("tile", tile)):
+        if value is None and name == "tile":
+            values.append(None)
+            continue
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: expected an integer number of LR pixels") from None
+        values.append(number)
+    overlap_px, tile_px = values
+    if overlap_px < 0:
+        raise ValueError(f"tile_overlap={overlap_px}: expected >= 0 LR pixels")
+    if tile_px is not None and tile_px <= 2 * overlap_px:
+        raise ValueError(
+            f"tile={tile_px}: expected an LR tile larger than 2 * tile_overlap = {2 * overlap_px} "
+            "(e.g. tile=256), or tile=null for the whole image"
+        )
+    return tile_px, overlap_px
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` (CUDA when available, else CPU) or a torch device name; CUDA must be available if named."""
     if name == "auto":

@@ -1,8 +1,8 @@
 """Memory planning for upscaling large images: estimate before allocating, tile or refuse past a budget.
 
 An untiled forward of a x4 network on a 5000 x 5000 image peaked at 19 GB; a 9000 x 9000 one was killed.
-:func:`plan_upscale` estimates, from the image header alone, what an image needs: the decoded input and the
-uint8 output with its PNG encoding (fixed), plus the network's activations (per HR pixel of a tile,
+:func:`plan_upscale` estimates, from the image header alone, what an image needs: the decoded input and
+the uint8 output with its PNG encoding (fixed), plus the network's activations (per HR pixel of a tile,
 measured at about ``8 * width + 90`` bytes for EDSR; :data:`BYTES_PER_HR_PIXEL` keeps a margin). When the
 whole image does not fit in the budget it picks the largest tile that does; when even the output does not
 fit it refuses. :func:`tiled_uint8` then runs tile by tile into a uint8 output, never a float one.
@@ -34,11 +34,16 @@ BYTES_PER_HR_PIXEL = (10, 128 + 12)
 
 @dataclass(frozen=True)
 class Plan:
-    """How one image is upscaled: ``tile`` (``None``: whole) and the estimated peak bytes."""
+    """How one image is upscaled: ``tile`` (``None``: whole), the estimated peak bytes, and ``stream``.
+
+    ``stream``: tile by tile straight into a uint8 output (:func:`tiled_uint8`, the self-ensemble inside each
+    tile); otherwise the float output of :func:`~meta_kd_sr.inference.sr_function` (ensemble outside tiles).
+    """
 
     tile: int | None
     bytes: int
     whole_bytes: int
+    stream: bool = False
 
 
 def parse_budget(value: object) -> int | None:
@@ -115,12 +120,18 @@ def plan_upscale(
     whole = fixed + _working(h * w * scale**2, width, ensemble)
     if tile is None and whole <= budget:
         return Plan(None, whole, whole)
+    float_output = 4 * 3 * h * w * scale**2 * (2 if ensemble else 1)
+    if (
+        tile is not None
+        and fixed + float_output + _working(tile * tile * scale**2, width, ensemble) <= budget
+    ):
+        return Plan(tile, fixed + float_output + _working(tile * tile * scale**2, width, ensemble), whole)
     sides = [tile] if tile else [int(max(h, w) * 0.8**i) for i in range(40)]
     sides = [s for s in sides if s > 2 * overlap] or [2 * overlap + 1]
     for side in sides:
         need = fixed + _working(min(side, h) * min(side, w) * scale**2, width, ensemble)
         if need <= budget:
-            return Plan(side, need, whole)
+            return Plan(side, need, whole, stream=True)
     what = f"with tile={tile}" if tile else "even tiled"
     raise ValueError(
         f"a {w}x{h} image upscaled x{scale} ({w * scale}x{h * scale}) needs at least {need / GB:.1f} GB "

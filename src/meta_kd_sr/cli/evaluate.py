@@ -23,7 +23,7 @@ from meta_kd_sr.cli import config_dir, hydra_log
 from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data import ImageFolderSR, save_png
 from meta_kd_sr.finite import finite_or_none
-from meta_kd_sr.inference import resolve_device, sr_function
+from meta_kd_sr.inference import resolve_device, sr_function, tile_setting
 from meta_kd_sr.metrics import psnr_y, quantize, ssim_y
 from meta_kd_sr.models.checkpoint import load_pretrained, read_checkpoint, student_from_checkpoint
 
@@ -68,8 +68,9 @@ def load_network(cfg: DictConfig, device: torch.device, scale: int | None = None
 def build_sr_function(cfg: DictConfig, device: torch.device) -> SRFunction:
     """The SR function of ``cfg.ckpt_path``: bicubic, our checkpoint/export, or an official checkpoint."""
     scale = int(cfg.scale)
+    tile, overlap = tile_setting(cfg.get("tile"), cfg.get("tile_overlap", 16))
     net = load_network(cfg, device, scale)
-    return sr_function(net, scale, cfg.tile, int(cfg.tile_overlap), bool(cfg.self_ensemble))
+    return sr_function(net, scale, tile, overlap, bool(cfg.self_ensemble))
 
 
 def checkpoint_method(ckpt_path: str, official: bool = False) -> str | None:

@@ -8,6 +8,7 @@ file is never overwritten. Grayscale images are upscaled as gray replicated on R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import load_network
 from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data.io import IMAGE_EXTENSIONS, read_image, save_png, to_float, to_uint8
-from meta_kd_sr.inference import ModelFn, resolve_device, sr_function
+from meta_kd_sr.inference import resolve_device, sr_function, tile_setting
+from meta_kd_sr.memory import (
+    AUTO_FRACTION,
+    GB,
+    Plan,
+    memory_available,
+    network_width,
+    parse_budget,
+    plan_upscale,
+    tiled_uint8,
+)
 
 GRAY_MODES = ("1", "L", "LA", "La")
 Jobs = list[tuple[Path, Path]]
@@ -119,21 +130,27 @@ def _network_and_scale(cfg: DictConfig, device: torch.device) -> tuple[nn.Module
 def upscale(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Upscale ``cfg.input`` into ``cfg.output`` (else ``output_dir``); print a summary; return what was done.
 
+    Every image is planned from its header before any is read: an image whose whole upscale would pass
+    ``cfg.memory_budget`` is tiled, one that cannot fit even tiled is refused (``ValueError``) before anything
+    is allocated or written.
+
     Returns:
         ``{"output_dir", "scale", "written": {input: output}, "skipped": {input: reason}, "failed": [inputs
-        that could not be decoded]}`` (paths as strings).
+        that could not be decoded], "tiles": {input: tile}}`` (paths as strings).
     """
     out = Path(cfg.output) if cfg.get("output") else output_dir
     if out is None:
         raise ValueError("output= is required: the folder the upscaled images go to")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output={out} is a file: output= must be a folder")
+    tile, overlap = tile_setting(cfg.get("tile"), cfg.get("tile_overlap", 16))
     files, skipped = collect_inputs(Path(cfg.input), out)
     device = resolve_device(str(cfg.device))
     net, scale = _network_and_scale(cfg, device)
     jobs, clashes = plan_outputs(files, out, scale, bool(cfg.get("overwrite", False)))
-    run = sr_function(net, scale, cfg.tile, int(cfg.tile_overlap), bool(cfg.self_ensemble))
-    written, failed = run_jobs(jobs, run, device)
+    plans = plan_jobs(jobs, cfg, net, scale, tile, overlap)
+    run = upscaler(net, scale, overlap, bool(cfg.self_ensemble))
+    written, failed = run_jobs(jobs, run, device, plans)
     skipped |= clashes | failed
     print(summary(written, skipped, out, scale), flush=True)
     return {
@@ -142,12 +159,65 @@ def upscale(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
         "written": {str(k): str(v) for k, v in written.items()},
         "skipped": {str(k): v for k, v in skipped.items()},
         "failed": [str(p) for p in failed],
+        "tiles": {str(src): plans[src].tile for src in written if src in plans},
     }
 
 
+def plan_jobs(
+    jobs: Jobs, cfg: DictConfig, net: nn.Module | None, scale: int, tile: int | None, overlap: int
+) -> dict[Path, Plan]:
+    """The memory plan of each input (whole or tiled), from its header; refuse one that cannot fit.
+
+    Raises:
+        ValueError: an image needs more than the budget even tiled (nothing has been read or written).
+    """
+    budget = parse_budget(cfg.get("memory_budget", "auto"))
+    budget = budget if budget is not None else int(AUTO_FRACTION * memory_available())
+    width, plans = network_width(net), {}
+    for src, _ in jobs:
+        try:
+            with Image.open(src) as im:
+                w, h = im.size
+        except Exception:  # undecodable: run_jobs reports it with the reader's reason
+            continue
+        try:
+            plans[src] = plan_upscale((h, w), scale, width, budget, tile, overlap, bool(cfg.self_ensemble))
+        except ValueError as err:
+            raise ValueError(f"{src}: {err}") from None
+        if plans[src].tile is not None and tile is None:
+            print(
+                f"{src}: tiled automatically (tile={plans[src].tile}): the whole image would need "
+                f"~{plans[src].whole_bytes / GB:.1f} GB, over the memory budget of {budget / GB:.1f} GB",
+                flush=True,
+            )
+    return plans
+
+
+def upscaler(
+    net: nn.Module | None, scale: int, overlap: int, ensemble: bool
+) -> Callable[[torch.Tensor, Plan], torch.Tensor]:
+    """``run(lq, plan)``: lq (1, 3, h, w) in [0, 1] -> sr (3, H, W) uint8, whole, tiled or streamed."""
+
+    def run(lq: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if plan.stream:  # tile by tile into a uint8 output: no float HR buffer
+            return tiled_uint8(
+                sr_function(net, scale, None, overlap, ensemble), lq, scale, plan.tile, overlap
+            )
+        return to_uint8(sr_function(net, scale, plan.tile, overlap, ensemble)(lq).clamp(0, 1)[0]).cpu()
+
+    return run
+
+
 @torch.no_grad()
-def run_jobs(jobs: Jobs, run: ModelFn, device: torch.device) -> tuple[dict[Path, Path], dict[Path, str]]:
+def run_jobs(
+    jobs: Jobs,
+    run: Callable[[torch.Tensor, Plan], torch.Tensor],
+    device: torch.device,
+    plans: dict[Path, Plan],
+) -> tuple[dict[Path, Path], dict[Path, str]]:
     """Read, upscale (clamped, uint8 levels) and write each ``(input, output)`` pair; one line per image.
+
+    ``run`` is :func:`upscaler`'s; each input runs by its plan (whole image when it has none).
 
     Returns:
         ``{input: output}`` written and ``{input: reason}`` for the inputs that could not be decoded.
@@ -159,7 +229,7 @@ def run_jobs(jobs: Jobs, run: ModelFn, device: torch.device) -> tuple[dict[Path,
         except (ValueError, FileNotFoundError) as err:
             failed[src] = str(err)
             continue
-        sr = to_uint8(run(to_float(image)[None].to(device)).clamp(0, 1)[0]).cpu()
+        sr = run(to_float(image)[None].to(device), plans.get(src, Plan(None, 0, 0)))
         written[src] = write_output(sr, dst, gray)
         sizes = f"{image.shape[2]}x{image.shape[1]} -> {sr.shape[2]}x{sr.shape[1]}"
         print(f"{src} -> {dst} ({sizes}{', gray' if gray else ''})", flush=True)
