@@ -28,7 +28,7 @@ def results_rows(result: Mapping[str, Any]) -> list[list[Any]]:
         rows.append(["val", val.get("n_images"), val["psnr_y"], val.get("ssim_y")])
     teacher = (result.get("train_metrics") or {}).get("val/teacher_psnr_y")
     if teacher is not None:
-        rows.append(["val_teacher", None, teacher, None])
+        rows.append(["val_teacher", val.get("n_images"), teacher, None])  # scored on the same val images
     for name, scores in (result.get("benchmarks") or {}).items():
         if isinstance(scores, Mapping) and "psnr_y" in scores:
             rows.append([name, scores.get("n_images"), scores["psnr_y"], scores.get("ssim_y")])

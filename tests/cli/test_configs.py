@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli.names import readable_override, short_run_name
 from meta_kd_sr.models import EDSR, RCAN
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
@@ -73,3 +74,17 @@ def test_the_bare_command_is_a_quick_cpu_run_and_the_paper_recipe_one_override_a
     paper = _compose(["experiment=div2k_edsr_kd", "teacher.ckpt_path=/some/teacher.pt"])
     assert (paper.model.n_feats, paper.model.n_blocks, paper.trainer.max_steps) == (64, 16, 200000)
     assert paper.lq_patch == 48 and paper.data.batch_size == 16 and paper.optim.optimizer.lr == 1.0e-4
+
+
+def test_sweep_run_dirs_are_short_and_readable():
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused"], return_hydra_config=True)
+    overrides = (
+        "distill.kd_weight=3.1622776601683795,meta.alpha=0.012345678901234567,meta.lr=0.00012345678901234"
+    )
+    cfg.hydra.job.num, cfg.hydra.job.override_dirname = 3, overrides
+    assert cfg.hydra.sweep.subdir == "3_distill.kd_weight=3.16,meta.alpha=0.0123,meta.lr=0.000123"
+    many = ",".join(f"model.option_{i}=0.12345678901234" for i in range(8))
+    name = short_run_name(many)
+    assert len(name) == 96 and name.startswith("model.option_0=0.123,") and short_run_name(many + "1") != name
+    assert readable_override("seed=3") == "seed=3" and readable_override("data=div2k") == "data=div2k"

@@ -121,7 +121,8 @@ def test_a_missing_backend_names_the_pip_extra(tmp_path, monkeypatch, logger, mo
     for name in modules:
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     cfg = compose_train(tmp_path, ["experiment=tiny_sr", f"logger=[csv,{logger}]"])
-    message = rf"logger '{logger}' needs the {modules[0]} package.*pip install 'meta-kd-sr\[{extra}\]'"
+    hint = rf"pip install {modules[0]} \(in a checkout: pip install '\.\[{extra}\]'\)"
+    message = rf"logger '{logger}' needs the {modules[0]} package.*{hint}"
     with pytest.raises(RunRefused, match=message):
         build_loggers(cfg)
     with pytest.raises(RunRefused, match=message):  # before any training
@@ -153,7 +154,7 @@ print(len(names), "modules")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pip install 'meta-kd-sr[wandb]'" in proc.stdout
+    assert "pip install wandb (in a checkout: pip install '.[wandb]')" in proc.stdout
     assert int(proc.stdout.split()[-2]) > 30
 
 
@@ -278,6 +279,7 @@ def test_offline_wandb_tensorboard_csv_hold_config_panels_and_results(
         [1, saved["benchmarks"]["Tiny"]["psnr_y"], saved["benchmarks"]["Tiny"]["ssim_y"]]
     )
     assert rows["val_teacher"][2] == pytest.approx(result["train_metrics"]["val/teacher_psnr_y"])
+    assert rows["val"][1] == rows["val_teacher"][1] == saved["val"]["n_images"] == 2
 
     # ---- tensorboard, from its event files
     events = EventAccumulator(
@@ -291,7 +293,7 @@ def test_offline_wandb_tensorboard_csv_hold_config_panels_and_results(
     )
     assert np.array_equal(tb_panel, panel)
     text = events.Tensors("results/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert f"| val |  | {saved['val']['psnr_y']:.4f} | {saved['val']['ssim_y']:.4f} |" in text
+    assert f"| val | 2 | {saved['val']['psnr_y']:.4f} | {saved['val']['ssim_y']:.4f} |" in text
     start = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
     hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
     assert (

@@ -8,8 +8,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from meta_kd_sr.cli.names import short_run_name
+
 # `${mul:${lq_patch},${scale}}`: HR patch sizes follow the scale (48 LR pixels at x2/x3/x4, as EDSR trains).
 OmegaConf.register_new_resolver("mul", lambda *xs: __import__("math").prod(xs), replace=True)
+# `${short_name:${hydra.job.override_dirname}}`: sweep run dir names, floats rounded, at most 96 characters
+OmegaConf.register_new_resolver("short_name", short_run_name, replace=True)
 # `${shipped_teacher:}`: the path of the tiny teacher shipped with the package (experiment=tiny_kd's default).
 OmegaConf.register_new_resolver(
     "shipped_teacher", lambda: str(__import__("meta_kd_sr.assets").assets.shipped_teacher()), replace=True

@@ -185,7 +185,9 @@ def write_onnx(
     try:
         import onnx
     except ImportError as err:
-        raise ValueError("ONNX export needs the onnx extra: pip install 'meta-kd-sr[onnx]'") from err
+        raise ValueError(
+            "ONNX export needs onnx: pip install onnx onnxscript (in a checkout: pip install '.[onnx]')"
+        ) from err
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export internals, not actionable here
         torch.onnx.export(

@@ -120,7 +120,8 @@ def require_backend(key: str, target: str) -> None:
     if not any(importlib.util.find_spec(m) is not None for m in modules):
         raise RunRefused(
             f"logger {key!r} needs the {modules[0]} package, which is not installed: "
-            f"pip install 'meta-kd-sr[{extra}]' (or choose another logger, e.g. logger=csv)"
+            f"pip install {modules[0]} (in a checkout: pip install '.[{extra}]'), or choose another logger, "
+            "e.g. logger=csv"
         )
 
 

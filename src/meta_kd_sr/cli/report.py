@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from meta_kd_sr.cli.names import readable_override
 from meta_kd_sr.console import one_line_errors
 
 METRICS = ("psnr_y", "ssim_y")
@@ -147,9 +148,9 @@ def group_runs(runs: Sequence[Run], ignore: Iterable[str] = IGNORED) -> list[Gro
 def labels(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
     """A short label per group (the overrides that differ between groups) and the overrides all share."""
     common = [o for o in groups[0].setting if all(o in g.setting for g in groups)] if groups else []
-    named = [" ".join(o for o in g.setting if o not in common) for g in groups]
+    named = [" ".join(readable_override(o) for o in g.setting if o not in common) for g in groups]
     if len(groups) == 1 and not named[0]:
-        named = [" ".join(common) or "(defaults)"]
+        named = [" ".join(map(readable_override, common)) or "(defaults)"]
     return [n or "(defaults)" for n in named], common
 
 

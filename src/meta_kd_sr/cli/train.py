@@ -36,6 +36,7 @@ from meta_kd_sr.recovery import (
     prepare_run_dir,
     weights_fingerprint,
 )
+from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
 from meta_kd_sr.summary import RunSummary, validation_psnr
 from meta_kd_sr.teacher import MISSING_TEACHER, load_teacher
 
@@ -133,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.evaluation.after_fit and datamodule.dataset("val") is not None:
         metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         result["val"] = {k.removeprefix("val/"): float(v) for k, v in metrics.items()}
+        _check_against_bicubic(result, datamodule.dataset("val"), module)
     if trainer.is_global_zero:
         if ckpt:
             result.update(_export(ckpt, output_dir / export_name))
@@ -144,6 +146,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(run_outputs(result, trainer.loggers), flush=True)
     _finish_wandb()
     return result
+
+
+def _check_against_bicubic(result: dict[str, Any], dataset: Any, module: SRModule) -> None:
+    """Add the val set's size and bicubic PSNR_y to ``result["val"]``; warn when the run scores below it."""
+    bicubic, n_images = bicubic_psnr(dataset, module.scale, module.crop_border)
+    result["val"] |= {"n_images": n_images, "bicubic_psnr_y": bicubic}
+    warning = below_bicubic(result["val"].get("psnr_y"), bicubic)
+    if warning is not None:
+        result["warnings"] = [warning]
+        log.warning(warning)
 
 
 def _export_name(cfg: DictConfig) -> str:
@@ -213,13 +225,22 @@ def main(cfg: DictConfig) -> float | None:
     """Console entry point (``meta-kd-sr-train``); returns the validation PSNR_y, what a sweeper optimises."""
     with one_line_errors("meta-kd-sr-train"):  # a setting, file or disk to fix: one line, exit status 2
         _refuse_ddp_multirun(cfg)
-        log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("resolved config:\n%s", resolved_yaml(cfg))
         try:
             result = train(cfg)
         except NonFiniteError as err:  # the last good checkpoint is on disk; nothing non-finite was written
             print(f"meta-kd-sr-train: training stopped: {err}", file=sys.stderr)
             raise SystemExit(1) from None
     return validation_psnr(result)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The run's config as YAML, interpolations resolved (as written unresolvable), without ``hydra``."""
+    shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        return OmegaConf.to_yaml(shown, resolve=True)
+    except Exception:  # an interpolation that only fails later is reported where it is used
+        return OmegaConf.to_yaml(shown)
 
 
 def _refuse_ddp_multirun(cfg: DictConfig) -> None:

@@ -1,0 +1,27 @@
+import json
+import logging
+
+from cli_helpers import compose_train
+
+from meta_kd_sr.cli.train import train
+from meta_kd_sr.data import EmbeddedPhotos
+from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
+
+
+def test_bicubic_reference_and_the_warning():
+    psnr, n = bicubic_psnr(EmbeddedPhotos(["chelsea", "coffee"], 4, train=False), 4, 4)
+    assert n == 2 and abs(psnr - 29.3835) < 1e-3  # the bicubic row of the demo
+    assert below_bicubic(psnr + 0.1, psnr) is None and below_bicubic(None, psnr) is None
+    assert below_bicubic(6.1, 29.38).startswith(
+        "the final validation PSNR_y 6.10 dB is below bicubic's 29.38 dB"
+    )
+
+
+def test_a_diverged_run_warns_on_the_console_and_in_eval_json(tmp_path, caplog):
+    cfg = compose_train(tmp_path, ["experiment=tiny_sr", "optim.optimizer.lr=1", "trainer.max_steps=8"])
+    with caplog.at_level(logging.WARNING, logger="meta_kd_sr.cli.train"):
+        train(cfg)
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["val"]["psnr_y"] < record["val"]["bicubic_psnr_y"] and record["val"]["n_images"] == 2
+    (warning,) = record["warnings"]
+    assert "is below bicubic's" in warning and warning in caplog.text
