@@ -10,7 +10,8 @@
   deprecation inside Lightning that newer torch releases report, the warning that an epoch is shorter than
   ``log_every_n_steps`` (logging counts iterations across epochs here), and, in a resumed run, the warning
   that its checkpoint directory is not empty; Lightning's ``weights_only`` note at every checkpoint save;
-  and (:func:`drop_exact_log`, used by the export) the ONNX exporter's "torchvision is not installed" lines.
+  and (:func:`drop_exact_log`) the ONNX exporter's "torchvision is not installed" lines and alembic's
+  "setup plugin" lines at the start of an Optuna sweep.
 - :func:`one_line_errors` turns a user error of a command (a setting, a file, a full disk) into one line on
   stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
@@ -65,6 +66,8 @@ WEIGHTS_ONLY_NOTE = (
     "lightning.pytorch.trainer.connectors.checkpoint_connector",
     "`weights_only` was not set, defaulting to `False`.",
 )
+# alembic (under Optuna's storage) logs one INFO line per plugin when an Optuna sweep starts
+ALEMBIC_NOTE = ("alembic.runtime.plugins", "setup plugin %s")
 TORCHVISION_NOTE = (
     "torch.onnx._internal.exporter._registration",
     "torchvision is not installed. Skipping %s",

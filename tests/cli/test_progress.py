@@ -32,8 +32,14 @@ TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 TINY = ["experiment=tiny_sr", "model.n_feats=8", "model.n_blocks=1"]
 BAR = ["trainer.enable_progress_bar=true", "+callbacks.spy._target_=test_progress.BarSpy"]
 THREE_STEP_EPOCHS = ["data.batch_size=4", "data.train.samples_per_epoch=12"]
-# a logger, and epochs shorter than the logging interval: Lightning's short-epoch warning fires
-LOGGED = ["logger=csv", "trainer.log_every_n_steps=5000"]
+# a logger, and epochs (1 batch of the train and meta loaders) shorter than the logging interval, which
+# train() lowers to max_steps in a run shorter than it: Lightning's short-epoch warning fires
+LOGGED = [
+    "logger=csv",
+    "trainer.log_every_n_steps=5000",
+    "data.train.samples_per_epoch=4",
+    "data.meta.samples_per_epoch=4",
+]
 RECORDS: list[dict] = []  # what BarSpy saw, one entry per hook call
 
 

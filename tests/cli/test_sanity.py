@@ -1,9 +1,11 @@
+import csv
 import json
 import logging
+import sys
 
-from cli_helpers import compose_train
+from cli_helpers import FAST, compose_train
 
-from meta_kd_sr.cli.train import train
+from meta_kd_sr.cli.train import main, train
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
 
@@ -25,3 +27,22 @@ def test_a_diverged_run_warns_on_the_console_and_in_eval_json(tmp_path, caplog):
     assert record["val"]["psnr_y"] < record["val"]["bicubic_psnr_y"] and record["val"]["n_images"] == 2
     (warning,) = record["warnings"]
     assert "is below bicubic's" in warning and warning in caplog.text
+
+
+def test_a_smoke_run_shorter_than_log_every_n_steps_logs_its_train_metrics(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=tiny_sr", "logger=csv", "trainer.log_every_n_steps=50"])
+    train(cfg)
+    rows = list(csv.DictReader(next((tmp_path / "csv").glob("version_*/metrics.csv")).open()))
+    assert [r for r in rows if r.get("train/loss")], rows[:3]
+
+
+def test_train_prints_its_resolved_config_to_the_console_and_its_log(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(
+        sys, "argv", ["meta-kd-sr-train", *FAST, "experiment=tiny_sr", f"hydra.run.dir={run}"]
+    )
+    main()
+    out = capsys.readouterr().out
+    log = (run / "train.log").read_text()
+    for text in (out, log):
+        assert "resolved config:" in text and "lq_patch: 8" in text and f"output_dir: {run}" in text

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
 from meta_kd_sr.cli.loggers import build_loggers, run_config
-from meta_kd_sr.console import one_line_errors, quiet_known_noise, run_outputs
+from meta_kd_sr.console import ALEMBIC_NOTE, drop_exact_log, one_line_errors, quiet_known_noise, run_outputs
 from meta_kd_sr.finite import NonFiniteError, finite_or_none
 from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
@@ -41,6 +41,7 @@ from meta_kd_sr.summary import RunSummary, validation_psnr
 from meta_kd_sr.teacher import MISSING_TEACHER, load_teacher
 
 log = logging.getLogger(__name__)
+drop_exact_log(*ALEMBIC_NOTE)  # before Hydra starts an Optuna sweeper, which imports alembic
 
 
 def build_module(cfg: DictConfig) -> SRModule:
@@ -112,7 +113,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for directory in {output_dir, *_checkpoint_dirs(callbacks)}:
             check_writable(directory)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=_log_every(cfg.trainer),
     )
     problem = precision_problem(str(trainer.precision), module.meta_enabled)
     if problem is not None:  # before fit: one line, and no rank is started
@@ -156,6 +161,12 @@ def _check_against_bicubic(result: dict[str, Any], dataset: Any, module: SRModul
     if warning is not None:
         result["warnings"] = [warning]
         log.warning(warning)
+
+
+def _log_every(trainer_cfg: DictConfig) -> int:
+    """``log_every_n_steps``, lowered to ``max_steps`` for a run shorter than it (a smoke run logs once)."""
+    every, steps = int(trainer_cfg.get("log_every_n_steps") or 50), trainer_cfg.get("max_steps") or -1
+    return min(every, int(steps)) if int(steps) > 0 else every
 
 
 def _export_name(cfg: DictConfig) -> str:
