@@ -21,11 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 from PIL import Image
-from wandb_records import config_values, history_values, wait_for_finished_run
 
-from meta_kd_sr.cli import config_dir
+from meta_kd_sr.cli import config_dir, wandb_view
 from meta_kd_sr.cli.loggers import build_loggers, run_config, run_identity
 from meta_kd_sr.cli.train import build_module, main, train
+from meta_kd_sr.cli.wandb_view import config_values, history_values, wait_for_finished_run
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.inference import upscale_bicubic
@@ -213,7 +213,7 @@ def _bench(tmp_path, photos_uint8) -> Path:
 
 
 def test_offline_wandb_tensorboard_csv_hold_config_panels_and_results(
-    tmp_path, tiny_teacher_ckpt, photos_uint8, monkeypatch
+    tmp_path, tiny_teacher_ckpt, photos_uint8, monkeypatch, capsys
 ):
     """Acceptance: one meta-KD run with three loggers; each is read back from its own files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -244,6 +244,10 @@ def test_offline_wandb_tensorboard_csv_hold_config_panels_and_results(
     # ---- wandb, from the offline run's own files
     run_dir = next((out / "wandb").glob("offline-run-*"))
     records = wait_for_finished_run(next(run_dir.glob("run-*.wandb")))
+    capsys.readouterr()
+    wandb_view.main([str(out)])  # the shipped viewer: python -m meta_kd_sr.cli.wandb_view <run dir>
+    shown = capsys.readouterr().out
+    assert "config:" in shown and "\n  val/psnr_y: " in shown and "\n  seed: 0" in shown
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.display_name, run.run_group) == ("tiny_mkd-mkd-s0", "tiny_mkd")
     assert {"tiny_mkd", "mkd", "logger=[csv,tensorboard,wandb]"} <= set(run.tags)

@@ -11,9 +11,9 @@ from cli_helpers import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
-from wandb_records import config_keys, history_keys, wait_for_finished_run
 
 from meta_kd_sr.cli.train import build_module, train
+from meta_kd_sr.cli.wandb_view import config_keys, history_keys, wait_for_finished_run
 from meta_kd_sr.data.transforms import bicubic_downscale
 from meta_kd_sr.metrics import psnr_y
 from meta_kd_sr.models.checkpoint import student_from_checkpoint

@@ -1,4 +1,9 @@
-"""Read the records of an offline wandb run file (``run-<id>.wandb``), waiting for wandb to write them.
+"""Read an offline wandb run (``run-<id>.wandb``): ``python -m meta_kd_sr.cli.wandb_view <run dir | file>``.
+
+``logger=wandb`` with ``WANDB_MODE=offline`` writes ``<run dir>/wandb/offline-run-*/run-<id>.wandb``, which
+``wandb sync`` uploads but nothing shows offline. This prints its config and every logged key with its
+number of rows and last value. The functions are what the tests read runs with.
+
 
 wandb 0.31 writes the file from its service process, asynchronously: ``wandb.finish()`` returns before
 the records are on disk (on a loaded machine only the file header was there). The run is complete once its
@@ -15,9 +20,10 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wandb.proto import wandb_internal_pb2
+if TYPE_CHECKING:  # wandb is optional: imported when a file is read, never by importing the library
+    from wandb.proto import wandb_internal_pb2
 
 HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
 CHUNK = struct.Struct("<IHB")  # crc32 of (type byte + data), data length, type
@@ -27,7 +33,9 @@ FULL, FIRST, LAST = 1, 2, 4
 
 def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
     """The complete records of ``path`` so far; stops at a chunk still being written."""
-    data = path.read_bytes()
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
     if not data.startswith(HEADER):
         return
     pos, parts = len(HEADER), b""
@@ -55,7 +63,7 @@ def wait_for_finished_run(path: Path, limit_s: float = 600.0) -> list[wandb_inte
             return records
         if time.monotonic() > deadline:
             kinds = [r.WhichOneof("record_type") for r in records]
-            raise AssertionError(f"{path}: no exit record after {limit_s:.0f} s; records so far: {kinds}")
+            raise TimeoutError(f"{path}: no exit record after {limit_s:.0f} s; records so far: {kinds}")
         time.sleep(0.2)
 
 
@@ -104,3 +112,41 @@ def config_values(records: list[wandb_internal_pb2.Record]) -> dict[str, Any]:
     """``{top-level key: value}`` of the run's config, the last update of a key winning."""
     updates = [u for r in records for u in (*r.run.config.update, *r.config.update)]
     return {u.key or u.nested_key[0]: json.loads(u.value_json) for u in updates}
+
+
+def run_file(path: Path) -> Path:
+    """The ``run-*.wandb`` file of ``path``: the file itself, or the newest one under a run dir."""
+    if path.is_file():
+        return path
+    found = sorted(Path(path).rglob("run-*.wandb"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"no run-*.wandb file in {path} or below (logger=wandb with WANDB_MODE=offline)"
+        )
+    return found[-1]
+
+
+def describe(records: list[wandb_internal_pb2.Record]) -> str:
+    """The run's config (one line per top-level key) and each logged key: rows and last value."""
+    lines = ["config:"]
+    for key, value in sorted(config_values(records).items()):
+        lines.append(f"  {key}: {json.dumps(value)[:150]}")
+    lines.append("logged (rows, last value):")
+    for key, values in sorted(history_keys(records).items()):
+        lines.append(f"  {key}: {len(values)}, {values[-1][:100]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print what an offline wandb run holds."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m meta_kd_sr.cli.wandb_view", description=main.__doc__)
+    parser.add_argument("path", type=Path, help="a run dir (searched for run-*.wandb) or a run-*.wandb file")
+    args = parser.parse_args(argv)
+    path = run_file(args.path)
+    print(f"{path}\n{describe(list(read_records(path)))}")
+
+
+if __name__ == "__main__":
+    main()
