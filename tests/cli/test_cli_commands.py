@@ -164,7 +164,7 @@ def test_export_command_line(tmp_path):
         },
         ckpt,
     )
-    _run(str(BIN / "meta-kd-sr-export"), str(ckpt), str(tmp_path / "s.pt"))
+    _run(str(BIN / "meta-kd-sr-export"), f"ckpt_path={ckpt}", f"out={tmp_path / 's.pt'}")
     rebuilt, cfg = student_from_checkpoint(tmp_path / "s.pt")
     assert cfg == config
     x = torch.rand(1, 3, 6, 6)

@@ -221,7 +221,8 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     (tmp_path / "eval.json").write_text("{}")
     proc = _cli(tmp_path, ["experiment=tiny_sr"])
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("meta-kd-sr-train: run dir"), proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("meta-kd-sr-train: error: run dir"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
