@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import FAST, compose_train
+from hydra import compose, initialize_config_dir
 
 from meta_kd_sr import recovery
-from meta_kd_sr.cli import evaluate, export, prepare, train, upscale
+from meta_kd_sr.cli import config_dir, evaluate, export, prepare, train, upscale
+from meta_kd_sr.cli.run_guard import RunDirGuard
 from meta_kd_sr.console import (
     ALEMBIC_NOTE,
     TORCHVISION_NOTE,
@@ -244,3 +246,31 @@ def test_known_noise_is_dropped_by_its_exact_text(caplog):
             logger.warning(text, arg) if arg else logger.warning(text)
             logger.warning("another message")
     assert [r.getMessage() for r in caplog.records] == ["another message"] * 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "refused"),
+    [
+        ([], {}, True),
+        (["overwrite=true"], {}, False),
+        (["resume=RUN/checkpoints/last.ckpt"], {}, False),
+        ([], {"LOCAL_RANK": "1"}, False),  # a DDP rank started by Lightning: rank 0 has checked the dir
+    ],
+)
+def test_run_dir_guard_allows_resume_overwrite_and_other_ranks(
+    tmp_path, monkeypatch, capsys, extra, env, refused
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_text("{}")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    overrides = [o.replace("RUN", str(run)) for o in extra]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.run.dir={run}", *overrides], return_hydra_config=True)
+    if refused:
+        with pytest.raises(SystemExit):
+            RunDirGuard().on_run_start(cfg)
+        assert "already holds a run (eval.json)" in capsys.readouterr().err
+    else:
+        RunDirGuard().on_run_start(cfg)

@@ -8,6 +8,7 @@ runs, so a refusal inside ``train`` would already have replaced the record of th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check ``hydra.run.dir`` against the run's ``resume``, ``overwrite`` and ``export_name``."""
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP rank started by Lightning: rank 0 has checked
+            return
         with one_line_errors("meta-kd-sr-train"):
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             if run_dir.is_dir():
