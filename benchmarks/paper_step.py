@@ -118,7 +118,8 @@ class Measured:
 
 def compose_method(family: str, method: str, tiny: bool, patch: int, batch: int) -> Any:
     """The train config of ``method`` in ``family`` as the CLI composes it (teacher weights not loaded)."""
-    overrides = [*FAMILIES[family], *METHODS[method], "teacher.ckpt_path=unused", f"lq_patch={patch}"]
+    overrides = ["~experiment", *FAMILIES[family], *METHODS[method], "teacher.ckpt_path=unused"]
+    overrides += [f"lq_patch={patch}"]  # the paper recipe: no experiment (the bare command is tiny_sr)
     overrides += [f"data.batch_size={batch}", *(TINY[family] if tiny else [])]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("train", overrides=overrides)
