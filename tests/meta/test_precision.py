@@ -65,8 +65,8 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path, tiny_teacher_ckpt):
     run = subprocess.run(args, capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
-        "meta-kd-sr-train: trainer.precision=16-true is not supported with meta-learning (its gradients "
-        "are not loss-scaled): use one of 32-true, 64-true, bf16-mixed (bf16-mixed on GPUs), or "
+        "meta-kd-sr-train: error: trainer.precision=16-true is not supported with meta-learning (its "
+        "gradients are not loss-scaled): use one of 32-true, 64-true, bf16-mixed (bf16-mixed on GPUs), or "
         "distill=mkd_frozen"
     )
     assert "Traceback" not in run.stderr
