@@ -12,8 +12,10 @@ import bench_quality
 import pytest
 from quality import runner, store, sweep
 from quality.curve import converged, last_quarter_change
-from quality.heldout import HELDOUT, PHOTO_SETS, SWEEP_VAL, check_disjoint
+from quality.heldout import HELDOUT, PHOTO_SETS, SWEEP_VAL, HeldoutPhotos, check_disjoint, score
 from quality.plan import QUICK, QUICK_CONVERGED, RunSpec, Sizes
+
+from meta_kd_sr.models.checkpoint import student_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -162,6 +164,26 @@ def test_quick_store_outlives_the_cache(quick_regimes, monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ committed results
+def _committed_students() -> list[dict]:
+    path = RESULTS / "students.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def test_a_committed_student_rescores_to_its_row():
+    students = [s for s in _committed_students() if s["method"] != "teacher"]
+    assert students, "benchmarks/results/students.json lists no committed student"
+    row = min(students, key=lambda s: s["name"])
+    path = REPO / row["path"]
+    assert store.sha256(path) == row["sha256"]
+    record = json.loads((path.parent / "record.json").read_text())
+    net, _ = student_from_checkpoint(path)  # what meta-kd-sr-eval ckpt_path=<path> loads
+    photos = HeldoutPhotos(record["photos"]["names"], bench_quality.SCALE)
+    assert list(photos.image_names) == list(PHOTO_SETS[record["photos"]["set"]])
+    scores = score(net, photos)["all"]
+    assert scores["psnr_y"] == pytest.approx(record["psnr_y"], abs=1e-4) == row["psnr_y"]
+    assert scores["ssim_y"] == pytest.approx(record["ssim_y"], abs=1e-6)
+
+
 def test_committed_results_name_no_machine_path():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("### Is it worth it?") :]
