@@ -193,3 +193,37 @@ def test_committed_results_name_no_machine_path():
     absolute = re.compile(r"""["'`(\s=]/(?:work|home|tmp|Users|root|mnt)/""")
     for where, text in texts.items():
         assert str(REPO) not in text and not absolute.search(text), where
+
+
+def _run(method: str, seed: int, psnr: float, cpu_s_per_it: float) -> dict:
+    return {
+        "method": method,
+        "group": "converged",
+        "seed": seed,
+        "iterations": 100,
+        "psnr_y": psnr,
+        "ssim_y": psnr / 100,
+        "s_per_it": cpu_s_per_it,
+        "train_s": cpu_s_per_it * 100,
+        "cpu_s_per_it": cpu_s_per_it,
+        "train_cpu_s": cpu_s_per_it * 100,
+        "process_s": 1.0,
+        "meta_health": None,
+    }
+
+
+def test_converged_rows_pair_each_method_with_scratch_and_mkd_frozen():
+    from quality.report_converged import summarize, table
+    from quality.stats import paired_difference
+
+    scores = {"none": (28.0, 28.1, 28.2), "mkd_frozen": (28.3, 28.3, 28.5), "mkd": (28.35, 28.3, 28.6)}
+    records = [_run(m, seed, p, 0.1) for m, ps in scores.items() for seed, p in enumerate(ps)]
+    rows = {r["method"]: r for r in summarize(records)}
+    want = paired_difference(dict(enumerate(scores["mkd"])), dict(enumerate(scores["mkd_frozen"])))
+    assert rows["mkd"]["vs_frozen"]["psnr_y"]["ci"] == pytest.approx(want["ci"])
+    assert rows["mkd"]["vs_scratch"]["psnr_y"]["mean"] == pytest.approx(0.95 / 3)  # d = (0.35, 0.2, 0.4)
+    lines = {line.split(" | ")[0]: line for line in table(summarize(records))}
+    low, high = want["ci"]
+    assert f"| {want['mean']:+.3f} [{low:+.3f}, {high:+.3f}] |" in lines["| mkd"]
+    assert lines["| none"].count("(reference)") == 1 and "| -0.267 [-0.410, -0.123] * |" in lines["| none"]
+    assert lines["| mkd_frozen"].count("(reference)") == 1
