@@ -37,17 +37,21 @@ GRID: dict[str, dict[str, tuple[str, ...]]] = {
         "a0.25": ("distill.rec_weight=0.75", "distill.output_weight=0.25"),
         "a0.5": ("distill.rec_weight=0.5", "distill.output_weight=0.5"),  # the preset (FAKD's split)
         "a0.75": ("distill.rec_weight=0.25", "distill.output_weight=0.75"),
+        "a0.9": ("distill.rec_weight=0.1", "distill.output_weight=0.9"),  # past the first grid's best edge
     },
     "mkd_frozen": {
         "kd0.3": ("distill.kd_weight=0.3",),
         "kd1": ("distill.kd_weight=1.0",),  # the preset
         "kd3": ("distill.kd_weight=3.0",),
+        "kd10": ("distill.kd_weight=10.0",),  # past the first grid's best edge
     },
     **{
         m: {
             "kd0.1": ("distill.kd_weight=0.1",),
             "kd1": ("distill.kd_weight=1.0",),
             "kd10": ("distill.kd_weight=10.0",),
+            "kd0.01": ("distill.kd_weight=0.01",),  # past the first grid's best edge
+            "kd0.03": ("distill.kd_weight=0.03",),
         }
         for m in ("fitnet", "at", "fsp")
     },
