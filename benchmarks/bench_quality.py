@@ -17,8 +17,18 @@ Every training is a subprocess of ``python -m meta_kd_sr.cli.train`` (Hydra over
    interval), the meta signal of every meta-learned run (``quality.health``), ``quality.json``,
    ``quality.md`` and ``quality_front.png`` in ``--out``.
 
-Resumable: a finished run (``eval.json`` in its dir) is skipped, a killed one continues from
-``checkpoints/last.ckpt`` with ``resume=``. In the background::
+Modes (one results folder, ``--out``, default ``benchmarks/results``):
+
+- the short regime above (default; ``quality.{json,md}``, ``quality_front.png``);
+- ``--sweep``: each KD method's loss weight chosen on validation photos at the 1000-iteration schedule
+  (``quality/sweep.py``; ``sweep.{json,md}``, ``weights.json``, which both regimes read);
+- ``--regime converged``: a stronger teacher, the students' budget measured by the plateau rule of
+  ``quality/curve.py``, then the methods at that budget (``converged.{json,md}``, ``converged_budget.png``).
+
+Resumable across machines: every finished run is scored at once and its record (``record.json``) and exported
+network go to ``<out>/runs/<name>/`` with the manifest ``<out>/students.json`` (``quality/store.py``); a run
+with a stored record is never trained again. On the same machine a killed run continues from
+``<cache>/runs/<name>/checkpoints/last.ckpt`` with ``resume=``. In the background::
 
     nohup make bench-quality > bench_quality.out 2>&1 &     # also logged to <cache>/bench_quality.log
 
@@ -62,36 +72,54 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import pipeline, runner  # noqa: E402
-from quality.health import summarize_run as summarize_health  # noqa: E402
-from quality.heldout import HELDOUT, HeldoutPhotos, check_disjoint  # noqa: E402
-from quality.plan import FULL, QUICK, Sizes, student_spec, teacher_spec  # noqa: E402
-from quality.report import markdown, plot_front, summarize  # noqa: E402
-
-from meta_kd_sr.finite import finite_or_none  # noqa: E402
+from quality import pipeline, runner, sweep  # noqa: E402
+from quality.heldout import HELDOUT, SWEEP_VAL, check_disjoint  # noqa: E402
+from quality.plan import CONVERGED, FULL, QUICK, QUICK_CONVERGED, Sizes, student_spec, teacher_spec  # noqa: E402
+from quality.results import (  # noqa: E402
+    collect,
+    collect_converged,
+    collect_sweep,
+    git_commit,
+    portable,
+    sweep_seeds,
+    write_outputs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-SCALE = 4
-TEACHER_MARGIN_DB = 0.5
+SCALE = pipeline.SCALE
+SIZES = {("short", False): FULL, ("short", True): QUICK, ("converged", False): CONVERGED}
+SIZES |= {("converged", True): QUICK_CONVERGED, ("sweep", False): FULL, ("sweep", True): QUICK}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the pipeline in about a minute")
+    parser.add_argument(
+        "--regime",
+        choices=("short", "converged"),
+        default="short",
+        help="short: 1000 iterations, equal time, explore (quality.*); converged: students at their measured "
+        "plateau under a stronger teacher (converged.*)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="choose each KD method's loss weights on validation photos at 1000 iterations "
+        "(sweep.md, weights.json)",
+    )
+    parser.add_argument(
+        "--weights", type=Path, help="the sweep's chosen weights (default: <out>/weights.json)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -122,49 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.cache is None:
         args.cache = args.out / "cache" if args.quick else REPO / "outputs" / "bench_quality"
     args.out, args.cache = args.out.resolve(), args.cache.resolve()
+    args.weights = (args.weights or args.out / "weights.json").resolve()
+    if args.sweep and (args.regime != "short" or args.measure):
+        raise SystemExit("--sweep runs at the short regime's sizes: leave out --regime and --measure")
+    args.mode = "sweep" if args.sweep else args.regime
     return args
-
-
-def machine(threads: int | None, jobs: int) -> dict[str, Any]:
-    """Platform, CPU model, cores, torch threads per run and parallel runs."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads or torch.get_num_threads(),
-        "jobs": jobs,
-        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
-    }
-
-
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout (with ``+dirty`` when tracked files differ), or ``unknown``."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def training_photos() -> list[str]:
@@ -182,54 +172,7 @@ def command_line(argv: list[str] | None) -> str:
     """The command that ran the benchmark, as a user would type it from the repository root."""
     script = Path(__file__).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    return shlex.join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
-
-
-def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate every run, compute the statistics, and assemble the JSON result."""
-    from meta_kd_sr.cli.evaluate import score_dataset
-    from meta_kd_sr.inference import upscale_bicubic
-
-    dataset = HeldoutPhotos(HELDOUT, SCALE)
-    students = [*runs["students"], *runs["equal_time"], *runs["explore"]]
-    teacher, *evaluated = pipeline.evaluate_all(ctx, [runs["teacher"], *students], dataset)
-    for record in evaluated:
-        record["meta_health"] = summarize_health(record["run_dir"], record["iterations"])
-    bicubic = score_dataset(lambda lq: upscale_bicubic(lq, SCALE), dataset, SCALE)
-    margin = pipeline.teacher_margin(teacher, evaluated, TEACHER_MARGIN_DB)
-    verdict = "ok" if margin["ok"] else f"FAILS: below {TEACHER_MARGIN_DB} dB, little to distil"
-    ctx.log(
-        f"teacher {teacher['psnr_y']:.3f} dB, {margin['psnr_y']:+.3f} over {margin['reference']}: {verdict}"
-    )
-    return {
-        "command": args.command,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(args.threads, args.jobs),
-        "git_commit": git_commit(),
-        "mode": "quick" if args.quick else "full",
-        "scale": SCALE,
-        "sizes": ctx.sizes.as_dict(),
-        "heldout": list(dataset.image_names),
-        "teacher": teacher,
-        "student_params": evaluated[0]["params"],
-        "bicubic": bicubic,
-        "teacher_margin": margin,
-        "budget": runs["budget"],
-        "runs": evaluated,
-        "calibration": runs["calibration"],
-        "summary": summarize(evaluated),
-    }
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
-    """``quality.json``, ``quality.md`` and ``quality_front.png`` in ``out``; their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "quality.json", "markdown": out / "quality.md", "plot": out / "quality_front.png"}
-    result["files"] = {k: str(v) for k, v in files.items()}
-    files["json"].write_text(json.dumps(finite_or_none(result), indent=2, allow_nan=False) + "\n")
-    files["markdown"].write_text(markdown(result))
-    plot_front(result, files["plot"])
-    return result["files"]
+    return shlex.join(["python", str(shown), *map(portable, sys.argv[1:] if argv is None else argv)])
 
 
 def measure(ctx: pipeline.Context, args: argparse.Namespace) -> None:
@@ -239,13 +182,13 @@ def measure(ctx: pipeline.Context, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     s = ctx.sizes
-    teacher = (
-        ctx.teacher_ckpt
-        if ctx.teacher_ckpt.is_file()
-        else m.random_teacher(ctx.cache / "measure" / "random_teacher.pt", *s.teacher)
-    )
+    try:
+        teacher = ctx.teacher_file(s.teacher_name)
+    except FileNotFoundError:
+        teacher = m.random_teacher(ctx.cache / "measure" / "random_teacher.pt", *s.teacher)
     names = list(dict.fromkeys([*s.methods, *s.equal_time]))
-    specs = [student_spec(s, n, s.seeds[0], s.iterations, "equal_iterations", teacher) for n in names]
+    specs = [student_spec(s, n, s.seeds[0], s.iterations, "equal_iterations") for n in names]
+    specs = [dataclasses.replace(x, overrides=runner.with_teacher(x, teacher)) for x in specs]
     specs.append(dataclasses.replace(teacher_spec(s), method="teacher"))
     times = m.time_interleaved(specs, ctx.cache / "measure", args.measure_iterations, 2, ctx.log)
     base = times["none"]
@@ -263,20 +206,28 @@ def measure(ctx: pipeline.Context, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
-    """Train what is not finished, evaluate, write the results; print the table and the plot's path."""
+    """Train what is not finished, write the results; print the report and the files' paths."""
     check_disjoint(HELDOUT, training_photos())
+    check_disjoint(SWEEP_VAL, [*training_photos(), *HELDOUT])
     if args.threads:  # the evaluation in this process; each training gets OMP_NUM_THREADS
         import torch
 
         torch.set_num_threads(args.threads)
     teacher_threads = args.jobs * args.threads if args.threads else None
-    runs = pipeline.run_all(ctx, teacher_threads, explore=args.explore)
-    result = collect(ctx, runs, args)
+    if args.mode == "sweep":
+        grid = sweep.QUICK_GRID if args.quick else sweep.GRID
+        runs = pipeline.run_sweep(ctx, teacher_threads, grid, sweep_seeds(args))
+        result = collect_sweep(ctx, runs, args, grid)
+    elif args.mode == "converged":
+        result = collect_converged(ctx, pipeline.run_converged(ctx, teacher_threads), args)
+    else:
+        result = collect(ctx, pipeline.run_all(ctx, teacher_threads, explore=args.explore), args)
     files = write_outputs(result, args.out)
     print()
     print(Path(files["markdown"]).read_text())
-    ctx.log(f"results: {files['json']}, {files['markdown']}")
-    ctx.log(f"plot: {files['plot']}")
+    ctx.log(f"results: {result['files']['json']}, {result['files']['markdown']}")
+    if "plot" in result["files"]:
+        ctx.log(f"plot: {result['files']['plot']}")
     return result
 
 
@@ -286,15 +237,26 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Run the benchmark (or ``--measure``); return the result (``None`` for ``--measure``)."""
+    """Run the benchmark (``--regime``, ``--sweep`` or ``--measure``); return the result (or ``None``)."""
     args = parse_args(argv)
     args.command = command_line(argv)
     lock_fd = runner.lock_cache(args.cache)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        sizes: Sizes = QUICK if args.quick else FULL
+        sizes: Sizes = SIZES[(args.mode, args.quick)]
         log_path = args.cache / "bench_quality.log"
-        ctx = pipeline.Context(args.cache, sizes, args.jobs, args.threads or None, log_path, lock_fd)
+        tuned = {} if args.mode == "sweep" else sweep.read_weights(args.weights)
+        ctx = pipeline.Context(
+            args.cache,
+            sizes,
+            args.jobs,
+            args.threads or None,
+            log_path,
+            lock_fd,
+            args.out,
+            tuned,
+            git_commit(),
+        )
         ctx.log(f"bench_quality: {args.command}; cache {args.cache}, results {args.out}")
         if args.measure:
             measure(ctx, args)

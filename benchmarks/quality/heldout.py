@@ -6,6 +6,9 @@ natural photos of scikit-image's wheel that no split of ``conf/data`` uses (``ca
 held-out set that shares a photo with the training or meta split of the runs' config. Scores come from
 ``meta_kd_sr.cli.evaluate.score_dataset`` (Y of MATLAB rgb2ycbcr, ``scale`` pixels cropped, SR quantised to
 uint8, per-image PSNR/SSIM averaged over images), with LR made by MATLAB-compatible bicubic on uint8.
+
+The sweep of loss weights (``--sweep``) chooses on other photos, never on these: ``SWEEP_VAL``, the rest of
+the wheel's 8-bit gray photos (``clock``, ``text``, ``page``, ``cell``, ``microaneurysms``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from meta_kd_sr.data.sizes import ImageSize
 EMBEDDED_VAL = ("chelsea", "coffee")
 GRAY_PHOTOS = ("camera", "coins", "moon", "brick", "grass", "gravel")
 HELDOUT = EMBEDDED_VAL + GRAY_PHOTOS
+SWEEP_VAL = ("clock", "text", "page", "cell", "microaneurysms")
+PHOTO_SETS = {"heldout": HELDOUT, "sweep_val": SWEEP_VAL}
 
 
 def load_heldout_photo(name: str) -> torch.Tensor:
     """A held-out photo as (3, H, W) uint8: an embedded RGB photo, or a gray one replicated to RGB."""
-    if name in GRAY_PHOTOS:
+    if name in GRAY_PHOTOS or name in SWEEP_VAL:
         import skimage.data
 
         array = getattr(skimage.data, name)()
@@ -37,7 +42,9 @@ def load_heldout_photo(name: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))[None].expand(3, -1, -1).contiguous()
     if PHOTO_ALIASES.get(name, name) in EMBEDDED_PHOTOS:
         return load_photo(name)
-    raise ValueError(f"unknown held-out photo {name!r}: choose from {EMBEDDED_PHOTOS + GRAY_PHOTOS}")
+    raise ValueError(
+        f"unknown held-out photo {name!r}: choose from {EMBEDDED_PHOTOS + GRAY_PHOTOS + SWEEP_VAL}"
+    )
 
 
 class HeldoutPhotos(PairedImageDataset):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import threading
@@ -13,14 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import runner
-from .heldout import HeldoutPhotos, score
+from . import runner, store
+from .curve import last_quarter_change
+from .health import summarize_run as summarize_health
+from .heldout import PHOTO_SETS, HeldoutPhotos, score
 from .plan import RunSpec, Sizes, round_iterations, student_spec, teacher_spec
+from .sweep import sweep_specs, weights_for
+
+SCALE = 4
 
 
 @dataclass
 class Context:
-    """Where and how the benchmark runs: cache dir, sizes, parallel runs, threads per run, the log."""
+    """Where and how the benchmark runs.
+
+    ``cache``: run dirs and logs (machine-local); ``store``: the committed records (``quality.store``);
+    ``tuned``: the sweep's loss-weight overrides by method; ``git_commit``: written into every new record.
+    """
 
     cache: Path
     sizes: Sizes
@@ -28,8 +36,15 @@ class Context:
     threads: int | None
     log_path: Path
     lock_fd: int | None = None
+    store: Path | None = None
+    tuned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    git_commit: str = "unknown"
     start: float = field(default_factory=time.perf_counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _photos: dict[str, HeldoutPhotos] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.store = self.cache / "store" if self.store is None else self.store
 
     def log(self, message: str) -> None:
         """Print ``message`` with the elapsed time, and append it to the log file."""
@@ -39,34 +54,72 @@ class Context:
             with open(self.log_path, "a") as f:
                 f.write(line + "\n")
 
-    @property
-    def teacher_ckpt(self) -> Path:
-        """The exported teacher every KD student reads (``student.pt`` in a cache from before ``teacher.pt``)."""
-        run = self.cache / "runs" / "teacher"
-        old = run / "student.pt"
-        return old if old.is_file() and not (run / "teacher.pt").is_file() else run / "teacher.pt"
+    def teacher_file(self, name: str) -> Path:
+        """The exported network of teacher run ``name``: in the cache, else in the store."""
+        for base in (self.cache, self.store):
+            path = base / "runs" / name / "teacher.pt"
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"teacher {name} has no teacher.pt in {self.cache / 'runs'} or {self.store}: train it first"
+        )
+
+    def photos(self, name: str) -> HeldoutPhotos:
+        """The photo set ``name`` of ``quality.heldout.PHOTO_SETS`` (built once)."""
+        with self._lock:
+            if name not in self._photos:
+                self._photos[name] = HeldoutPhotos(PHOTO_SETS[name], SCALE)
+            return self._photos[name]
+
+
+def score_run(ctx: Context, spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
+    """Add the scores of a run's network on its photo set, its parameter count and its meta signal."""
+    from meta_kd_sr.models.checkpoint import student_from_checkpoint
+
+    net, _ = student_from_checkpoint(record["student"])
+    dataset = ctx.photos(spec.photos)
+    scores = score(net, dataset)
+    teacher = ctx.teacher_file(spec.teacher) if spec.teacher else None
+    return {
+        **record,
+        "psnr_y": scores["all"]["psnr_y"],
+        "ssim_y": scores["all"]["ssim_y"],
+        "scores": scores,
+        "photos": {"set": spec.photos, "names": list(dataset.image_names)},
+        "params": sum(p.numel() for p in net.parameters()),
+        "meta_health": summarize_health(record["run_dir"], record["iterations"]),
+        "teacher_sha256": None if teacher is None else store.sha256(teacher),
+    }
 
 
 def run_phase(
     ctx: Context, name: str, specs: Sequence[RunSpec], threads: int | None = None, jobs: int | None = None
 ) -> list[dict[str, Any]]:
-    """Run ``specs`` (``jobs`` at a time), skipping finished runs; log one line per run and per phase."""
+    """Run ``specs`` (``jobs`` at a time): stored runs are read back, others trained, scored and stored."""
     ctx.log(f"phase {name}: {len(specs)} runs")
     phase_start = time.perf_counter()
     threads = ctx.threads if threads is None else threads
 
     def one(spec: RunSpec) -> dict[str, Any]:
+        stored = store.load(ctx.store, spec)
+        if stored is not None:
+            ctx.log(f"  {spec.name}: stored record, skipped ({stored['psnr_y']:.3f} dB)")
+            return stored
         keep = () if ctx.lock_fd is None else (ctx.lock_fd,)
-        record = runner.train(spec, ctx.cache, threads, ctx.log, keep)
+        teacher = ctx.teacher_file(spec.teacher) if spec.teacher else None
+        record = runner.train(spec, ctx.cache, threads, ctx.log, keep, teacher)
         if record["iterations"] != spec.iterations:
             raise RuntimeError(f"run {spec.name} stopped at {record['iterations']} of {spec.iterations} its")
-        what = "trained" if record["launched"] else "finished earlier, skipped:"
-        cpu = "" if record["cpu_s_per_it"] is None else f", CPU {record['cpu_s_per_it']:.4f} s/it"
-        ctx.log(
-            f"  {spec.name}: {what} {record['iterations']} it, {record['train_s']:.0f} s "
-            f"({record['s_per_it']:.4f} s/it{cpu})"
+        saved = store.save(
+            ctx.store, spec, score_run(ctx, spec, record), Path(record["student"]), ctx.git_commit
         )
-        return record
+        what = "trained" if record["launched"] else "finished earlier,"
+        cpu = "" if saved["cpu_s_per_it"] is None else f", CPU {saved['cpu_s_per_it']:.4f} s/it"
+        ctx.log(
+            f"  {spec.name}: {what} {saved['iterations']} it, {saved['train_s']:.0f} s "
+            f"({saved['s_per_it']:.4f} s/it{cpu}), {saved['psnr_y']:.3f} dB on {spec.photos}; stored"
+        )
+        return saved
 
     with ThreadPoolExecutor(max_workers=jobs or ctx.jobs) as pool:
         futures = [pool.submit(one, spec) for spec in specs]
@@ -87,7 +140,11 @@ def every_seed(ctx: Context, methods: Sequence[str], iterations: Any, group: str
     """
     s = ctx.sizes
     count = (lambda m: iterations[m]) if isinstance(iterations, dict) else (lambda m: iterations)
-    return [student_spec(s, m, seed, count(m), group, ctx.teacher_ckpt) for seed in s.seeds for m in methods]
+    return [
+        student_spec(s, m, seed, count(m), group, weights_for(m, ctx.tuned))
+        for seed in s.seeds
+        for m in methods
+    ]
 
 
 def equal_iteration_specs(ctx: Context) -> list[RunSpec]:
@@ -100,7 +157,7 @@ def calibration_specs(ctx: Context) -> list[RunSpec]:
     s = ctx.sizes
     todo = [m for m in s.equal_time if m not in s.methods]
     return [
-        student_spec(s, m, s.seeds[0], s.calibration_iterations, "calibration", ctx.teacher_ckpt)
+        student_spec(s, m, s.seeds[0], s.calibration_iterations, "calibration", weights_for(m, ctx.tuned))
         for m in todo
     ]
 
@@ -110,10 +167,10 @@ def equal_time_budget(ctx: Context, records: Sequence[dict[str, Any]]) -> dict[s
 
     The budget is CPU time (one torch thread per run: the wall time of an idle core), so a machine that
     is busy with other work while the benchmark runs does not bias it. Computed once from the
-    equal-iteration and calibration runs and kept in ``<cache>/equal_time.json``, so a resumed benchmark
-    trains exactly the runs it started.
+    equal-iteration and calibration runs and kept in ``<store>/equal_time.json``, so a resumed benchmark
+    (on any machine) trains exactly the runs it started.
     """
-    path = ctx.cache / "equal_time.json"
+    path = ctx.store / "equal_time.json"
     if path.is_file():
         return json.loads(path.read_text())
     rate: dict[str, list[float]] = {}
@@ -131,6 +188,7 @@ def equal_time_budget(ctx: Context, records: Sequence[dict[str, Any]]) -> dict[s
             m: round_iterations(mkd_s, s_per_it[m], ctx.sizes.round_to) for m in ctx.sizes.equal_time
         },
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(budget, indent=2))
     return budget
 
@@ -145,53 +203,9 @@ def explore_specs(ctx: Context) -> list[RunSpec]:
     return every_seed(ctx, ctx.sizes.explore, ctx.sizes.iterations, "explore")
 
 
-def evaluate_record(record: dict[str, Any], dataset: HeldoutPhotos) -> dict[str, Any]:
-    """Add the held-out scores of a run's exported network.
-
-    Cached in ``<run dir>/bench_heldout.json`` under the photos' names and the network file's SHA-256, so a
-    network trained again (a resumed run) is scored again.
-    """
-    from meta_kd_sr.models.checkpoint import student_from_checkpoint
-
-    path = Path(record["run_dir"]) / "bench_heldout.json"
-    key = {"names": list(dataset.image_names), "sha256": _sha256(Path(record["student"]))}
-    cached = json.loads(path.read_text()) if path.is_file() else None
-    if cached is None or cached.get("key") != key:
-        net, _ = student_from_checkpoint(record["student"])
-        cached = {"key": key, "scores": score(net, dataset), "params": _params(net)}
-        path.write_text(json.dumps(cached, indent=2))
-    scores = cached["scores"]
-    return {
-        **record,
-        "psnr_y": scores["all"]["psnr_y"],
-        "ssim_y": scores["all"]["ssim_y"],
-        "embedded_val": scores.get("embedded_val"),
-        "params": cached["params"],
-    }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _params(net: Any) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-def evaluate_all(
-    ctx: Context, records: Sequence[dict[str, Any]], dataset: HeldoutPhotos
-) -> list[dict[str, Any]]:
-    """Held-out scores of every run."""
-    ctx.log(f"phase evaluation: {len(records)} networks on {len(dataset)} held-out photos")
-    start = time.perf_counter()
-    out = [evaluate_record(r, dataset) for r in records]
-    ctx.log(f"phase evaluation done in {time.perf_counter() - start:.0f} s")
-    return out
-
-
 def teacher_margin(teacher: dict[str, Any], records: Sequence[dict[str, Any]], required: float) -> dict:
-    """Teacher minus the converged student: scratch at the longest budget the benchmark trained."""
-    scratch = [r for r in records if r["method"] == "none" and r["group"] != "calibration"]
+    """Teacher minus the converged student: scratch at the longest budget the benchmark reports."""
+    scratch = [r for r in records if r["method"] == "none" and r["group"] not in ("calibration", "sweep")]
     longest = max(r["iterations"] for r in scratch)
     converged = [r["psnr_y"] for r in scratch if r["iterations"] == longest]
     margin = teacher["psnr_y"] - statistics.fmean(converged)
@@ -204,11 +218,11 @@ def teacher_margin(teacher: dict[str, Any], records: Sequence[dict[str, Any]], r
 
 
 def run_all(ctx: Context, threads_teacher: int | None, explore: bool = True) -> dict[str, Any]:
-    """Train everything that is not finished; return the records of each phase (not yet evaluated).
+    """Train and score everything not stored yet; return the stored records of each phase.
 
     ``explore=False`` leaves out the exploration phase (its finished runs are still reported).
     """
-    teacher = run_phase(ctx, "teacher", [teacher_spec(ctx.sizes)], threads=threads_teacher, jobs=1)[0]
+    teacher = run_teacher(ctx, threads_teacher)
     students = run_phase(ctx, "equal iterations", equal_iteration_specs(ctx))
     calibration = run_phase(ctx, "calibration", calibration_specs(ctx)) if calibration_specs(ctx) else []
     budget = equal_time_budget(ctx, [*students, *calibration])
@@ -219,7 +233,12 @@ def run_all(ctx: Context, threads_teacher: int | None, explore: bool = True) -> 
     same_time = run_phase(ctx, "equal time", equal_time_specs(ctx, budget))
     explored = explore_specs(ctx)
     if explored and not explore:
-        finished = [s for s in explored if runner.run_state(runner.run_dir(ctx.cache, s)) == "finished"]
+        finished = [
+            s
+            for s in explored
+            if store.load(ctx.store, s) is not None
+            or runner.run_state(runner.run_dir(ctx.cache, s)) == "finished"
+        ]
         ctx.log(f"phase explore left out (--no-explore): {len(finished)} of {len(explored)} runs finished")
         explored = finished
     explored_runs = run_phase(ctx, "explore", explored) if explored else []
@@ -231,3 +250,52 @@ def run_all(ctx: Context, threads_teacher: int | None, explore: bool = True) -> 
         "equal_time": same_time,
         "budget": budget,
     }
+
+
+def run_teacher(ctx: Context, threads: int | None) -> dict[str, Any]:
+    """The teacher of ``ctx.sizes`` (trained alone, with ``threads``)."""
+    return run_phase(ctx, "teacher", [teacher_spec(ctx.sizes)], threads=threads, jobs=1)[0]
+
+
+def measure_budget(ctx: Context) -> dict[str, Any]:
+    """The converged regime's student budget: the ladder's first N where scratch's curve is flat.
+
+    Scratch (first seed) trains for each budget of ``sizes.budget_ladder`` in turn, with held-out points every
+    N / ``curve_points`` iterations, until ``|PSNR_y(N) - PSNR_y(3N/4)| < plateau_db``. These runs are the
+    regime's scratch runs of that seed (same spec). Without such an N the ladder's last budget is used.
+    """
+    s = ctx.sizes
+    ladder = []
+    for n in s.budget_ladder:
+        record = run_phase(ctx, f"budget {n}", [student_spec(s, "none", s.seeds[0], n, "converged")], jobs=1)[
+            0
+        ]
+        change = last_quarter_change(record["curve"], n)
+        ladder.append({"iterations": n, "last_quarter_db": change, "curve": record["curve"]})
+        ctx.log(f"budget {n}: held-out PSNR_y {record['psnr_y']:.3f} dB, last quarter {change:+.4f} dB")
+        if abs(change) < s.plateau_db:
+            break
+    reached = abs(ladder[-1]["last_quarter_db"]) < s.plateau_db
+    return {
+        "rule": f"smallest N of {list(s.budget_ladder)} with |PSNR_y(N) - PSNR_y(3N/4)| < {s.plateau_db} dB "
+        f"(scratch, seed {s.seeds[0]}, held-out photos)",
+        "iterations": ladder[-1]["iterations"],
+        "reached": reached,
+        "ladder": ladder,
+    }
+
+
+def run_converged(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
+    """Teacher, student budget, then every method (and lever) at that budget for every seed."""
+    teacher = run_teacher(ctx, threads_teacher)
+    budget = measure_budget(ctx)
+    methods = [*ctx.sizes.methods, *ctx.sizes.levers]
+    students = run_phase(ctx, "converged", every_seed(ctx, methods, budget["iterations"], "converged"))
+    return {"teacher": teacher, "students": students, "budget": budget}
+
+
+def run_sweep(ctx: Context, threads_teacher: int | None, grid: dict, seeds: Sequence[int]) -> dict[str, Any]:
+    """The teacher, then every point of the loss-weight ``grid`` for ``seeds`` (``quality.sweep``)."""
+    teacher = run_teacher(ctx, threads_teacher)
+    runs = run_phase(ctx, "sweep", sweep_specs(ctx.sizes, grid, seeds))
+    return {"teacher": teacher, "runs": runs}

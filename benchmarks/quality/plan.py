@@ -3,15 +3,19 @@
 Every run is one ``python -m meta_kd_sr.cli.train`` with the overrides built here. Students share one
 schedule (Adam, cosine learning rate over the run's iterations, one validation at the end, so the exported
 student is the final one and no checkpoint is chosen on photos the benchmark scores), the student and
-teacher sizes, the patch and batch; only the method and the iteration count differ. The same ``seed=`` gives
-the same student initialisation and training data stream in every method.
+teacher sizes, the patch and batch; only the method, its tuned loss weights (``quality.sweep``) and the
+iteration count differ. The same ``seed=`` gives the same student initialisation and training data stream in
+every method. The teacher a student reads is named (``RunSpec.teacher``), and its file is found at launch.
+
+Regimes: ``FULL`` (1000 iterations, equal time, explore), ``CONVERGED`` (students trained to the plateau
+that ``CONVERGED.budget_ladder`` measures, a stronger teacher) and ``SWEEP`` (the baselines' loss weights,
+chosen on validation photos). ``QUICK*`` are their tiny twins for the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # Equal-iteration methods: the base experiment (data split, teacher) and the distill preset.
 METHODS: dict[str, tuple[str, ...]] = {
@@ -47,7 +51,11 @@ EXPLORE: dict[str, tuple[str, ...]] = {
     "mkd_mse": ("experiment=tiny_mkd", "meta.objective=mse"),  # the meta objective PSNR measures
     "mkd_spatial": ("experiment=tiny_mkd", "distill.loss.spatial=true"),  # per-pixel dynamic kernels
 }
-ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE}
+# Structural levers of the meta step (meta.accumulate, meta.inner_steps, a natural-photo meta split, ...):
+# add one here as name -> overrides once its config option exists, and list it in ``CONVERGED.levers`` (and
+# in ``FULL.explore``-like tuples) to benchmark it beside ``mkd_frozen`` and ``mkd``.
+LEVERS: dict[str, tuple[str, ...]] = {}
+ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE, **LEVERS}
 COMMON = (
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -73,6 +81,14 @@ class Sizes:
         calibration_iterations: length of the timing runs of the equal-time variants without an
             equal-iteration run.
         round_to: equal-time iteration counts are rounded to a multiple of this.
+        resume_every: iterations between the resumable checkpoints of a run.
+        budget_ladder: converged regime: the students' budgets tried in turn (scratch, first seed) until
+            its held-out PSNR_y moves by less than ``plateau_db`` over the last quarter of the run; empty:
+            ``iterations`` is the budget.
+        curve_points: held-out evaluations along a converged scratch run (its last quarter spans two).
+        plateau_db: the budget rule's threshold.
+        levers: keys of ``LEVERS`` run beside ``methods`` (converged regime).
+        teacher_margin_db: the teacher's required lead over the converged scratch student.
     """
 
     student: tuple[int, int]
@@ -93,6 +109,11 @@ class Sizes:
     round_to: int = 10
     resume_every: int = 500
     extra: tuple[str, ...] = field(default=())
+    budget_ladder: tuple[int, ...] = ()
+    curve_points: int = 8
+    plateau_db: float = 0.02
+    levers: tuple[str, ...] = ()
+    teacher_margin_db: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("none", "mkd"):
@@ -101,10 +122,26 @@ class Sizes:
         unknown = [m for m in self.methods if m not in METHODS]
         unknown += [m for m in self.equal_time if m not in ALL_METHODS]
         unknown += [m for m in self.explore if m not in EXPLORE]
+        unknown += [m for m in self.levers if m not in LEVERS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}: choose from {sorted(ALL_METHODS)}")
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"need >= 2 distinct seeds for paired statistics, got {self.seeds}")
+        if self.curve_points < 4 or self.curve_points % 4:
+            raise ValueError(
+                f"curve_points must be a multiple of 4 (a quarter of the run), got {self.curve_points}"
+            )
+        bad = [n for n in self.budget_ladder if n % self.curve_points]
+        if bad or list(self.budget_ladder) != sorted(set(self.budget_ladder)):
+            raise ValueError(
+                f"budget_ladder must increase and each budget divide by curve_points "
+                f"{self.curve_points}, got {self.budget_ladder}"
+            )
+
+    @property
+    def teacher_name(self) -> str:
+        """The teacher's run name: its size and iterations (``teacher-32x8-n6000``)."""
+        return f"teacher-{self.teacher[0]}x{self.teacher[1]}-n{self.teacher_iterations}"
 
     def as_dict(self) -> dict:
         """The sizes as plain JSON data."""
@@ -151,16 +188,53 @@ QUICK = Sizes(
 )
 
 
+# The converged regime: students trained to their plateau (the budget is measured, see ``budget_ladder``)
+# under a teacher that must lead the converged scratch student by >= 1 dB. EDSR 40 x 12 (478,723
+# parameters, 1.9 MB: its record is committed) trained 20000 iterations; the 32 x 8 of FULL scored +0.77 dB
+# over scratch at 6390 iterations. Methods: the baselines the question needs, plus ``levers``.
+CONVERGED = dataclasses.replace(
+    FULL,
+    teacher=(40, 12),
+    teacher_iterations=20000,
+    iterations=32000,  # the ladder's top: used only when no budget meets the rule
+    methods=("none", "output", "fakd", "mkd_frozen", "mkd"),
+    equal_time=(),
+    explore=(),
+    calibration_iterations=0,
+    budget_ladder=(2000, 4000, 8000, 16000, 32000),
+    resume_every=1000,
+    teacher_margin_db=1.0,
+)
+QUICK_CONVERGED = dataclasses.replace(
+    QUICK,
+    iterations=8,
+    methods=("none", "mkd"),
+    equal_time=(),
+    explore=(),
+    budget_ladder=(4, 8),
+    curve_points=4,
+    teacher_margin_db=1.0,
+)
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: its run-dir name, what it is, and its full Hydra overrides."""
+    """One training run: its run-dir name, what it is, and its full Hydra overrides.
+
+    ``teacher`` names the teacher run whose exported network the run distils from (found at launch, so the
+    overrides hold no machine path); ``photos`` the set it is scored on (``heldout`` or ``sweep_val``);
+    ``curve_every`` > 0 adds a held-out evaluation every that many iterations (``quality.curve``).
+    """
 
     name: str
     method: str
-    group: str  # teacher | equal_iterations | calibration | equal_time | explore
+    group: str  # teacher | equal_iterations | calibration | equal_time | explore | converged | sweep
     seed: int
     iterations: int
     overrides: tuple[str, ...]
+    teacher: str | None = None
+    photos: str = "heldout"
+    curve_every: int = 0
 
 
 def schedule(iterations: int, lr: float, resume_every: int) -> tuple[str, ...]:
@@ -192,24 +266,37 @@ def teacher_spec(sizes: Sizes) -> RunSpec:
         *COMMON,
         *sizes.extra,
     )
-    return RunSpec("teacher", "teacher", "teacher", 0, sizes.teacher_iterations, overrides)
+    return RunSpec(sizes.teacher_name, "teacher", "teacher", 0, sizes.teacher_iterations, overrides)
+
+
+TAGS = {
+    "equal_iterations": "",
+    "equal_time": "-time",
+    "calibration": "-calib",
+    "explore": "",
+    "converged": "-conv",
+}
 
 
 def student_spec(
-    sizes: Sizes, method: str, seed: int, iterations: int, group: str, teacher_ckpt: Path
+    sizes: Sizes,
+    method: str,
+    seed: int,
+    iterations: int,
+    group: str,
+    weights: tuple[str, ...] = (),
+    label: str | None = None,
 ) -> RunSpec:
-    """A student run of ``method`` (a key of ``ALL_METHODS``) for ``iterations`` with ``seed``."""
+    """A student run of ``method`` (a key of ``ALL_METHODS``) for ``iterations`` with ``seed``.
+
+    ``weights`` are loss-weight overrides (the sweep's choice, or a sweep point named ``label``); converged
+    scratch runs carry the held-out curve of the budget rule.
+    """
     feats, blocks = sizes.student
     t_feats, t_blocks = sizes.teacher
     base = tuple(o.replace("{half}", str(iterations // 2)) for o in ALL_METHODS[method])
     teacher = (
-        ()
-        if method == "none"
-        else (
-            f"teacher.ckpt_path={teacher_ckpt}",
-            f"teacher.net.n_feats={t_feats}",
-            f"teacher.net.n_blocks={t_blocks}",
-        )
+        () if method == "none" else (f"teacher.net.n_feats={t_feats}", f"teacher.net.n_blocks={t_blocks}")
     )
     overrides = (
         *base,
@@ -222,9 +309,15 @@ def student_spec(
         *schedule(iterations, sizes.lr, sizes.resume_every),
         *COMMON,
         *sizes.extra,
+        *weights,
     )
-    tag = {"equal_iterations": "", "equal_time": "-time", "calibration": "-calib", "explore": ""}[group]
-    return RunSpec(f"{method}{tag}-s{seed}-n{iterations}", method, group, seed, iterations, overrides)
+    if group == "sweep":
+        name, photos = f"sweep-{method}-{label}-s{seed}-n{iterations}", "sweep_val"
+    else:
+        name, photos = f"{method}{TAGS[group]}-s{seed}-n{iterations}", "heldout"
+    curve = iterations // sizes.curve_points if group == "converged" and method == "none" else 0
+    t_name = None if method == "none" else sizes.teacher_name
+    return RunSpec(name, method, group, seed, iterations, overrides, t_name, photos, curve)
 
 
 def round_iterations(seconds: float, s_per_it: float, round_to: int) -> int:

@@ -14,6 +14,7 @@ GROUP_TITLES = {
     "equal_iterations": "Equal iterations",
     "equal_time": "Equal training time",
     "explore": "Explore",
+    "converged": "Converged",
 }
 HEALTH_KEYS = ("grad_norm_start", "grad_norm_end", "drift_end", "noise_share_second_half", "snr_second_half")
 

@@ -27,12 +27,14 @@ from typing import Any
 
 from meta_kd_sr.recovery import RUN_OUTPUTS
 
+from .curve import read_curve
 from .plan import RunSpec
 from .stats import seconds_per_iteration
 from .timing import read_segments
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1]
 TIMER = "quality.timing.IterationTimer"
+CURVE = "quality.curve.HeldoutCurve"
 _LIVE: set[subprocess.Popen] = set()  # trainings running now (terminated on SIGTERM)
 _LIVE_LOCK = threading.Lock()
 
@@ -53,10 +55,24 @@ def run_state(directory: Path) -> str:
     return "fresh"
 
 
-def launch_arguments(spec: RunSpec, directory: Path, state: str) -> list[str]:
-    """The command line of one launch of ``spec`` in ``directory`` for run state ``state``."""
+def launch_arguments(
+    spec: RunSpec, directory: Path, state: str, teacher_file: Path | None = None
+) -> list[str]:
+    """The command line of one launch of ``spec`` in ``directory`` for run state ``state``.
+
+    ``teacher_file``: the exported network of ``spec.teacher`` (required when the spec names one).
+    """
     if state == "finished":
         raise ValueError(f"run {directory} is finished: nothing to launch")
+    curve = (
+        [
+            f"+callbacks.bench_curve._target_={CURVE}",
+            f"+callbacks.bench_curve.path={directory / 'curve.json'}",
+            f"+callbacks.bench_curve.every_n_steps={spec.curve_every}",
+        ]
+        if spec.curve_every
+        else []
+    )
     extra = {
         "resume": [f"resume={directory / 'checkpoints' / 'last.ckpt'}"],
         "restart": ["overwrite=true"],
@@ -66,12 +82,20 @@ def launch_arguments(spec: RunSpec, directory: Path, state: str) -> list[str]:
         sys.executable,
         "-m",
         "meta_kd_sr.cli.train",
-        *spec.overrides,
+        *with_teacher(spec, teacher_file),
+        *curve,
         f"+callbacks.bench_timer._target_={TIMER}",
         f"+callbacks.bench_timer.path={directory / 'timing' / 'timing.json'}",
         f"hydra.run.dir={directory}",
         *extra,
     ]
+
+
+def with_teacher(spec: RunSpec, teacher_file: Path | None) -> tuple[str, ...]:
+    """The overrides of ``spec`` plus ``teacher.ckpt_path`` when it distils from a teacher."""
+    if spec.teacher and teacher_file is None:
+        raise ValueError(f"run {spec.name} distils from {spec.teacher}: pass its exported network")
+    return (*spec.overrides, f"teacher.ckpt_path={teacher_file}") if spec.teacher else spec.overrides
 
 
 def check_spec(spec: RunSpec, directory: Path) -> None:
@@ -155,18 +179,20 @@ def train(
     threads: int | None,
     log: Callable[[str], None],
     keep_fds: tuple[int, ...] = (),
+    teacher_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` to the end unless finished; return its record (see :func:`read_run`).
 
     The training's output is appended to ``<cache>/logs/<name>.log``; ``keep_fds`` are passed on to it
-    (the cache lock). Raises ``RuntimeError`` with the log's tail when it fails.
+    (the cache lock); ``teacher_file`` is the network of ``spec.teacher``. Raises ``RuntimeError`` with the
+    log's tail when it fails.
     """
     directory = run_dir(cache, spec)
     check_spec(spec, directory)
     state = run_state(directory)
     launched = False
     if state != "finished":
-        cmd = launch_arguments(spec, directory, state)
+        cmd = launch_arguments(spec, directory, state, teacher_file)
         log(f"  {spec.name}: {state} run of {spec.iterations} iterations started")
         log_path = cache / "logs" / f"{spec.name}.log"
         start = time.perf_counter()
@@ -206,7 +232,8 @@ def read_run(spec: RunSpec, directory: Path) -> dict[str, Any]:
         "group": spec.group,
         "seed": spec.seed,
         "iterations": int(result["iterations"]),
-        "student": result.get("export", result.get("student")),  # the exported network
+        # the exported network, found in the run dir (the dir may have moved since eval.json was written)
+        "student": str(directory / Path(result.get("export", result.get("student"))).name),
         "s_per_it": s_per_it,
         "train_s": s_per_it * int(result["iterations"]),
         "cpu_s_per_it": cpu_s_per_it,
@@ -214,4 +241,5 @@ def read_run(spec: RunSpec, directory: Path) -> dict[str, Any]:
         "process_s": sum(launch["seconds"] for launch in launches),
         "launches": len(launches),
         "run_dir": str(directory),
+        **({"curve": read_curve(directory / "curve.json")} if spec.curve_every else {}),
     }

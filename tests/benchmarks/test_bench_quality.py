@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import bench_quality
@@ -26,6 +25,9 @@ from scipy import stats as scipy_stats
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.train import build_module
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
 
 T_975_2DOF = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (printed tables)
 
@@ -231,10 +233,11 @@ def test_one_benchmark_per_cache(tmp_path):
     os.close(runner.lock_cache(tmp_path))  # free again
 
 
-def _student_and_first_batch(spec: RunSpec, out: Path):
+def _student_and_first_batch(spec: RunSpec, out: Path, teacher: Path):
     """What ``train()`` builds first for ``spec``: seeded, then the data, then the module."""
+    overrides = runner.with_teacher(spec, teacher)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[*spec.overrides, f"paths.output_dir={out}"])
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
@@ -246,11 +249,11 @@ def _student_and_first_batch(spec: RunSpec, out: Path):
 def test_seeds_are_paired_across_methods(tmp_path):
     teacher = random_teacher(tmp_path / "teacher.pt", *QUICK.teacher)
     built = {
-        m: _student_and_first_batch(student_spec(QUICK, m, 1, 6, "equal_iterations", teacher), tmp_path)
+        m: _student_and_first_batch(student_spec(QUICK, m, 1, 6, "equal_iterations"), tmp_path, teacher)
         for m in ("none", "output", "mkd", "mkd_frozen")
     }
     other_seed = _student_and_first_batch(
-        student_spec(QUICK, "none", 0, 6, "equal_iterations", teacher), tmp_path
+        student_spec(QUICK, "none", 0, 6, "equal_iterations"), tmp_path, teacher
     )
     for method, (params, lq) in built.items():
         assert torch.equal(params, built["none"][0]), method  # same initialisation
@@ -265,15 +268,6 @@ def test_heldout_photos_are_disjoint_from_training():
 
 
 # ------------------------------------------------------------------------------------ --quick, twice
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """``bench_quality.py --quick`` as a user runs it (a subprocess, no timeout)."""
-    out = tmp_path_factory.mktemp("bench_quality")
-    script = Path(bench_quality.__file__)
-    subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], check=True)
-    return out
-
-
 def test_quick_writes_results_with_the_schema(quick_run):
     result = json.loads((quick_run / "quality.json").read_text())
     for key in ("command", "date", "git_commit", "machine", "sizes", "heldout", "teacher", "bicubic"):
@@ -329,9 +323,11 @@ def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypa
     assert launches == []  # every run finished: nothing trained
     assert [r["psnr_y"] for r in again["runs"]] == [r["psnr_y"] for r in before["runs"]]
     assert "| method | iterations |" in capsys.readouterr().out
-    # a run that lost its eval.json (killed after its last checkpoint) is continued with resume=
-    killed = Path(next(r["run_dir"] for r in before["runs"] if r["method"] == "none"))
+    # a run killed after its last checkpoint (no eval.json, no stored record) is continued with resume=
+    name = next(r["name"] for r in before["runs"] if r["method"] == "none")
+    killed = quick_run / "cache" / "runs" / name
     (killed / "eval.json").unlink()
+    shutil.rmtree(quick_run / "runs" / name)
     resumed = bench_quality.main(["--quick", "--out", str(quick_run)])
     assert len(launches) == 1 and f"resume={killed / 'checkpoints' / 'last.ckpt'}" in launches[0]
     assert [r["psnr_y"] for r in resumed["runs"]] == [r["psnr_y"] for r in before["runs"]]
@@ -341,7 +337,8 @@ def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypa
 def test_no_explore_reports_only_the_finished_exploration_runs(quick_run, monkeypatch):
     before = json.loads((quick_run / "quality.json").read_text())
     explored = [r for r in before["runs"] if r["group"] == "explore"]
-    (Path(explored[0]["run_dir"]) / "eval.json").unlink()
+    (quick_run / "cache" / "runs" / explored[0]["name"] / "eval.json").unlink()
+    shutil.rmtree(quick_run / "runs" / explored[0]["name"])
     launches: list[list[str]] = []
     real_popen = runner.subprocess.Popen
 

@@ -228,3 +228,39 @@ def test_fsp_is_pairwise_single_instance_with_adapters() -> None:
     torch.testing.assert_close(out["loss"], (sr_s - gt).abs().mean() + 2.0 * expected)
     out["loss"].backward()
     assert all(p.grad.abs().sum() > 0 for p in d.student_side_parameters())
+
+
+def _fakd_reference(sr_s, sr_t, gt, feats_s, feats_t) -> torch.Tensor:
+    """FAKD's objective as its code computes it: 0.5/0.5 L1 terms on images in [0, 255] (EDSR-PyTorch's
+    ``rgb_range``) plus 10 x the L1 between spatial affinities of per-pixel normalised features."""
+
+    def affinity(f: torch.Tensor) -> torch.Tensor:
+        f = f.flatten(2)
+        f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-7)
+        return f.transpose(1, 2) @ f
+
+    rec = (255 * sr_s - 255 * gt).abs().mean()
+    out = (255 * sr_s - 255 * sr_t).abs().mean()
+    feat = sum((affinity(feats_s[p]) - affinity(feats_t[p])).abs().mean() for p in POS)
+    return 0.5 * rec + 0.5 * out + 10 * feat
+
+
+def test_fakd_preset_keeps_fakds_balance_with_images_in_0_1() -> None:
+    # Our images are in [0, 1], FAKD's in [0, 255]: the preset's gradients must be FAKD's divided by 255,
+    # not an affinity term 255x too strong against the L1 terms.
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from meta_kd_sr.cli import config_dir
+
+    preset = OmegaConf.load(f"{config_dir()}/distill/fakd.yaml")
+    distiller = instantiate(preset)
+    sr_s, sr_t, gt = (x.double().detach().requires_grad_(i == 0) for i, x in enumerate(_images(4)))
+    fs = {k: (255 * v).double().detach().requires_grad_() for k, v in _feats(S_CH, 5, False).items()}
+    ft = {k: (255 * v).double() for k, v in _feats(T_CH, 6, False).items()}
+    ours = distiller(sr_s, fs, gt, sr_t=sr_t, feats_t=ft)["loss"]
+    grads = torch.autograd.grad(ours, [sr_s, *fs.values()])
+    ref = torch.autograd.grad(_fakd_reference(sr_s, sr_t, gt, fs, ft), [sr_s, *fs.values()])
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(255 * g, r, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(255 * ours, _fakd_reference(sr_s, sr_t, gt, fs, ft), rtol=1e-6, atol=0)

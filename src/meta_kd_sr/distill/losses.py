@@ -165,7 +165,8 @@ def fakd_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.
     """Feature-affinity KD (FAKD, ICIP 2020): ``mean |A_S - A_T|``.
 
     Channel counts of student and teacher may differ. FAKD's weights (10 on this term, 0.5/0.5 on the output
-    and ground-truth terms) belong to the distiller's configuration.
+    and ground-truth terms) belong to the distiller's configuration; FAKD's L1 terms act on images in
+    [0, 255], so next to L1 terms on [0, 1] images its 10 becomes 10 / 255 (``conf/distill/fakd.yaml``).
 
     Args:
         f_s: (B, C_s, h, w) student feature.

@@ -1,0 +1,112 @@
+"""The converged regime's report: the budget rule and its curve; each method vs scratch and mkd_frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .report import _delta, _num, _pm, health_table, summarize_method
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method (paired against scratch, MKD and mkd_frozen at the same budget)."""
+
+    def select(method: str) -> list[Mapping[str, Any]]:
+        return [r for r in records if r["method"] == method]
+
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    scratch, mkd, frozen = select("none"), select("mkd"), select("mkd_frozen")
+    return [summarize_method(select(m), scratch, mkd, frozen) for m in methods if len(select(m)) >= 1]
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every method: quality, paired Δ against scratch and mkd_frozen, and training cost."""
+    lines = [
+        "| method | iterations | seeds | PSNR_y (dB) | SSIM_y | Δ vs scratch [95 % CI] "
+        "| Δ vs mkd_frozen [95 % CI] | CPU s/it | CPU s | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        scratch, _ = _delta(r["vs_scratch"]["psnr_y"] if r["vs_scratch"] else None)
+        frozen, _ = _delta(r["vs_frozen"]["psnr_y"] if r["vs_frozen"] else None)
+        if r["method"] != "mkd_frozen" and r["vs_frozen"] is None:
+            frozen = "-"  # no mkd_frozen runs to pair with
+        lines.append(
+            f"| {r['method']} | {r['iterations']} | {len(r['seeds'])} | {_pm(r['psnr_y'], 3)} | "
+            f"{_pm(r['ssim_y'], 4)} | {scratch} | {frozen} | {_num(r['cpu_s_per_it'], 4)} "
+            f"| {_num(r['train_cpu_s'], 0)} | {r['train_s']:.0f} |"
+        )
+    return lines
+
+
+def budget_lines(budget: Mapping[str, Any]) -> list[str]:
+    """The rule; for each budget tried, its held-out curve (PSNR_y at each point), last-quarter change."""
+    state = "met" if budget["reached"] else "NOT met by any budget tried: the largest is used"
+    lines = [f"- rule: {budget['rule']}; {state}; budget **{budget['iterations']}** iterations", ""]
+    lines += ["| budget N | last quarter Δ (dB) | held-out PSNR_y at step: dB |", "| ---: | ---: | --- |"]
+    for rung in budget["ladder"]:
+        points = ", ".join(f"{p['step']}: {p['psnr_y']:.3f}" for p in rung["curve"])
+        lines.append(f"| {rung['iterations']} | {rung['last_quarter_db']:+.4f} | {points} |")
+    return lines
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The whole report of the converged regime."""
+    m, s, t, margin = result["machine"], result["sizes"], result["teacher"], result["teacher_margin"]
+    verdict = "ok" if margin["ok"] else f"below the required {margin['required']} dB"
+    lines = [
+        f"# Quality benchmark, converged regime ({result['mode']})",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}; git commit: {result['git_commit']}",
+        f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; torch threads per run: "
+        f"{m['torch_threads']}, parallel runs: {m['jobs']}",
+        f"- x{result['scale']}; student EDSR {s['student'][0]} × {s['student'][1]}; teacher EDSR "
+        f"{s['teacher'][0]} × {s['teacher'][1]} ({t['params']:,} params; {t['iterations']} iterations); "
+        f"students: LR patch {s['lq_patch']}, batch {s['batch']}, Adam lr {s['lr']} with cosine decay over "
+        "the budget",
+        f"- loss weights: {result['weights']}",
+        f"- held-out photos (never trained on): {', '.join(result['heldout'])}; Y, crop {result['scale']}, "
+        "uint8",
+        f"- teacher {t['psnr_y']:.3f} dB; bicubic {result['bicubic']['psnr_y']:.3f} dB; teacher − converged "
+        f"scratch ({margin['reference']}): {margin['psnr_y']:+.3f} dB ({verdict})",
+        "- Δ: paired difference over seeds, 95 % t interval; * the interval excludes 0. CPU time: training "
+        "iterations only, one torch thread per run.",
+        "",
+        "## Student budget",
+        "",
+        *budget_lines(result["budget"]),
+        "",
+        "## Methods at the budget",
+        "",
+        *table(result["summary"]),
+        "",
+        "## Meta signal (mean over seeds)",
+        "",
+        *health_table({"converged": result["summary"]}),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(budget: Mapping[str, Any], path: Path) -> Path:
+    """Held-out PSNR_y of scratch along each budget's run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rung in budget["ladder"]:
+        steps = [p["step"] for p in rung["curve"]]
+        ax.plot(steps, [p["psnr_y"] for p in rung["curve"]], marker="o", label=f"N = {rung['iterations']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("iteration (cosine schedule over N)")
+    ax.set_ylabel("scratch PSNR_y on held-out photos (dB)")
+    ax.set_title(f"Student budget: {budget['iterations']} iterations")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
