@@ -11,7 +11,8 @@ on random crops of the embedded photos:
   with each meta engine (``mkd`` = higher, ``mkd_func``, ``mkd_reference``);
 - precisions: ``fp32``, and ``bf16`` (the iteration under bf16 autocast, float32 weights: what
   ``trainer.precision=bf16-mixed`` runs);
-- speed levers (``--levers``): ``+cl`` (``speed.channels_last``), ``+ct`` (``speed.compile_teacher``) and, on
+- speed levers (``--levers``): ``+cl`` (``speed.channels_last``), ``+ct`` (``speed.compile_teacher``), ``+cs``
+  (``speed.compile_student``: plain iterations only, so it is timed on scratch and output KD) and, on
   CUDA, ``+cb`` (``trainer.benchmark``: cuDNN picks the fastest convolution algorithm per shape).
 
 Time: on CPU the thread CPU time of each iteration (one torch thread is advised: wall time on a shared
@@ -69,8 +70,12 @@ METHODS = {
     "mkd_reference": ["distill=mkd", "meta.engine=reference"],
 }
 DEFAULT_METHODS = ("scratch", "output", "fakd", "mkd_frozen", "mkd", "mkd_func")
-LEVERS = {"cl": "channels_last", "ct": "compile_teacher", "cb": "cudnn_benchmark"}
-MODULE_LEVERS = ("cl", "ct")  # SRModule options; "cb" is the global cuDNN flag, set around the variant
+LEVERS = {"cl": "channels_last", "ct": "compile_teacher", "cs": "compile_student", "cb": "cudnn_benchmark"}
+MODULE_LEVERS = ("cl", "ct", "cs")
+# the methods a lever is timed on: the compiled student serves plain iterations only (no meta step)
+LEVER_METHODS = {
+    "cs": ("scratch", "output")
+}  # SRModule options; "cb" is the global cuDNN flag, set around the variant
 
 
 @dataclass(frozen=True)
@@ -254,12 +259,13 @@ def _timed(step: Callable[[int], None], i: int, device: torch.device) -> float:
 def variants(
     families: Sequence[str], methods: Sequence[str], precisions: Sequence[str], levers: Sequence[str] = ()
 ) -> list[Variant]:
-    """Every family x method x precision, then each of ``levers`` alone on output KD and MKD."""
+    """Every family x method x precision, then each of ``levers`` alone on the methods it serves."""
     out = [Variant(f, m, p) for f in families for p in precisions for m in methods]
     for f in families:
         for p in precisions:
-            for m in [m for m in ("output", "mkd") if m in methods]:
-                out += [Variant(f, m, p, (lv,)) for lv in levers]
+            for lv in levers:
+                served = LEVER_METHODS.get(lv, ("output", "mkd"))
+                out += [Variant(f, m, p, (lv,)) for m in methods if m in served]
     return out
 
 

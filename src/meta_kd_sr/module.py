@@ -56,6 +56,9 @@ class SRModule(pl.LightningModule):
             (NHWC), which cuDNN's tensor-core convolutions prefer; the results agree with NCHW to rounding.
         compile_teacher: run the frozen teacher's training forward through ``torch.compile`` (compiled on the
             first batch). The meta step itself is never compiled (``torch.compile`` has no double backward).
+        compile_student: run the student of plain iterations (no meta step: supervised, the KD baselines,
+            frozen KRNets, and MKD iterations between meta steps) through ``torch.compile``; meta iterations
+            and validation use the eager student.
         student_config: the student's constructor config, saved so a checkpoint rebuilds it.
         teacher_config: the teacher's config (network + checkpoint path), saved for the same reason.
     """
@@ -74,6 +77,7 @@ class SRModule(pl.LightningModule):
         val_tile: int | None = None,
         channels_last: bool = False,
         compile_teacher: bool = False,
+        compile_student: bool = False,
         student_config: Mapping[str, Any] | None = None,
         teacher_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -87,6 +91,7 @@ class SRModule(pl.LightningModule):
             )
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self.channels_last, self.compile_teacher = channels_last, compile_teacher
+        self.compile_student = compile_student
         if channels_last:
             for net in (self.student, self.teacher):
                 if net is not None:
@@ -173,19 +178,17 @@ class SRModule(pl.LightningModule):
         """
         if self.teacher is None or not self.distiller.needs_teacher:
             return None, None
-        teacher = self._teacher_fn()
+        teacher = self._compiled_fn("teacher") if self.compile_teacher else self.teacher
         if self.distiller.output_weight == 0 and accepts_features_only(self.teacher):
             return None, teacher(lq, features_only=True)
         sr_t, feats_t = teacher(lq, return_feats=True)
         return sr_t, feats_t
 
-    def _teacher_fn(self) -> Callable[..., Any]:
-        """The teacher, or its ``torch.compile`` wrapper (built once) when ``compile_teacher`` is set."""
-        if not self.compile_teacher:
-            return self.teacher
-        if "teacher" not in self._compiled:
-            self._compiled["teacher"] = torch.compile(self.teacher)
-        return self._compiled["teacher"]
+    def _compiled_fn(self, name: str) -> Callable[..., Any]:
+        """The ``torch.compile`` wrapper of submodule ``name`` (``teacher``/``student``), built once."""
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(getattr(self, name))
+        return self._compiled[name]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """One iteration (``iteration``), the schedulers' step and the logs."""
@@ -224,8 +227,9 @@ class SRModule(pl.LightningModule):
         with record_function("iteration/teacher"):
             teacher_out = self.teacher_forward(train_part(batch)["lq"])
         trainer = self._trainer
+        plain = opt_krnet is None  # higher's patched student (meta iterations) must stay eager
         terms, logs = run_iteration(
-            self.student,
+            self._compiled_fn("student") if plain and self.compile_student else self.student,
             self.distiller,
             teacher_out,
             batch,

@@ -69,8 +69,35 @@ def test_compiled_teacher_gives_the_eager_features_and_stays_out_of_the_state_di
     assert compiled.state_dict().keys() == base.state_dict().keys()  # no _orig_mod entries
 
 
-@pytest.mark.parametrize("lever", ["channels_last", "compile_teacher"])
+@pytest.mark.parametrize("lever", ["channels_last", "compile_teacher", "compile_student"])
 def test_speed_options_reach_the_module(tmp_path, lever):
     cfg = compose_train(tmp_path, ["experiment=tiny_sr", f"speed.{lever}=true"])
     assert getattr(build_module(cfg), lever) is True
     assert getattr(build_module(compose_train(tmp_path, ["experiment=tiny_sr"])), lever) is False
+
+
+def plain_iterations(module: SRModule, data: dict, n: int = 2) -> dict[str, torch.Tensor]:
+    opt = module.configure_optimizers()[0]["optimizer"]
+    for _ in range(n):
+        module.iteration(data["train"], opt)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_compiled_student_serves_plain_iterations_with_the_eager_results():
+    base = tiny_kd_module(dtype=torch.float32, meta_learn=False)  # KRNets frozen: plain iterations only
+    compiled = with_levers(base, compile_student=True)
+    data = batch(torch.float32)
+    expected, got = plain_iterations(base, data), plain_iterations(compiled, data)
+    assert "student" in compiled._compiled and "student" not in base._compiled
+    for key, value in expected.items():
+        assert torch.allclose(got[key], value, rtol=1e-4, atol=1e-6), key
+    assert compiled.state_dict().keys() == base.state_dict().keys()
+
+
+def test_meta_iterations_keep_the_eager_student_when_compile_student_is_set():
+    base = tiny_kd_module(dtype=torch.float64)
+    lever = with_levers(base, compile_student=True)
+    data = batch(torch.float64)
+    expected, got = two_iterations(base, data), two_iterations(lever, data)
+    assert "student" not in lever._compiled  # higher patches the eager module
+    assert all(torch.equal(got[k], v) for k, v in expected.items())

@@ -71,6 +71,7 @@ def build_module(cfg: DictConfig) -> SRModule:
         val_tile=cfg.val.tile,
         channels_last=bool(cfg.get("speed", {}).get("channels_last", False)),
         compile_teacher=bool(cfg.get("speed", {}).get("compile_teacher", False)),
+        compile_student=bool(cfg.get("speed", {}).get("compile_student", False)),
         student_config=OmegaConf.to_container(cfg.model, resolve=True),
         teacher_config=_teacher_config(cfg, teacher),
     )

@@ -280,6 +280,7 @@ def _namer(student: nn.Module, distiller: Distiller) -> Callable[[Tensor], str]:
 
     def name_of(param: Tensor) -> str:
         named = [*student.named_parameters(prefix="student"), *distiller.named_parameters(prefix="distiller")]
-        return next((n for n, p in named if p is param), f"a parameter of shape {tuple(param.shape)}")
+        name = next((n for n, p in named if p is param), f"a parameter of shape {tuple(param.shape)}")
+        return name.replace("._orig_mod", "")  # a torch.compile'd student names its weights the same
 
     return name_of
