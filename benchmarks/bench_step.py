@@ -46,9 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from paper_step import photo_batches  # benchmarks/ is on sys.path when this script runs
 
-from meta_kd_sr.data.embedded import EMBEDDED_PHOTOS, load_photo
 from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.models.edsr import EDSR
@@ -62,31 +61,6 @@ ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS + OPT_IN_VARIANTS
 ENGINE = {"MKD higher": "higher", "MKD func": "func", "MKD reference": "reference"}
 SCALE = 4
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
-
-
-def photo_batches(
-    n_batches: int, batch: int, patch: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_batches`` pairs ``(lq, gt)`` cut from the embedded photos.
-
-    gt: (B, 3, s*patch, s*patch) random HR crops; lq: (B, 3, patch, patch) their s x s average pooling; both
-    float32 in [0, 1].
-    """
-    gen = torch.Generator().manual_seed(seed)
-    photos = [load_photo(name).float() / 255 for name in EMBEDDED_PHOTOS]
-    photos = [p for p in photos if min(p.shape[-2:]) >= SCALE * patch]
-    size = SCALE * patch
-    out = []
-    for _ in range(n_batches):
-        crops = []
-        for _ in range(batch):
-            p = photos[int(torch.randint(len(photos), (1,), generator=gen))]
-            y = int(torch.randint(p.shape[1] - size + 1, (1,), generator=gen))
-            x = int(torch.randint(p.shape[2] - size + 1, (1,), generator=gen))
-            crops.append(p[:, y : y + size, x : x + size])
-        gt = torch.stack(crops).contiguous()
-        out.append((F.avg_pool2d(gt, SCALE), gt))
-    return out
 
 
 def build_variant(name: str, args: argparse.Namespace) -> Callable[[int], None]:

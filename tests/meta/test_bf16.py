@@ -2,56 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from meta_kd_sr.distill import Distiller
-from meta_kd_sr.distill.krnet import KRNetLoss
-from meta_kd_sr.meta import ENGINES, PseudoStep, meta_gradient
-from meta_kd_sr.models import EDSR
-
-
-def build(seed: int = 0):
-    """x4 EDSR student 8 x 3, teacher 32 x 4, the KRNets of conf/distill/mkd.yaml, 16px patches."""
-    torch.manual_seed(seed)
-    student, teacher = EDSR(4, n_feats=8, n_blocks=3), EDSR(4, n_feats=32, n_blocks=4).eval()
-    distiller = Distiller(
-        loss=functools.partial(KRNetLoss, n_kernels=8, hidden=64),
-        student_channels=student.feature_channels,
-        teacher_channels=teacher.feature_channels,
-        feature_scale=1 / 255,
-    )
-    gen = torch.Generator().manual_seed(seed)
-    lq, meta_lq = torch.rand(2, 4, 3, 16, 16, generator=gen)
-    gt = F.interpolate(lq, scale_factor=4, mode="bicubic").clamp(0, 1)
-    meta_gt = F.interpolate(meta_lq, scale_factor=4, mode="bicubic").clamp(0, 1)
-    return student, teacher, distiller, (lq, gt, meta_lq, meta_gt)
-
-
-def meta_grad(student, teacher, distiller, batch, engine: str, bf16: bool) -> torch.Tensor:
-    lq, gt, meta_lq, meta_gt = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        with torch.no_grad():
-            sr_t, feats_t = teacher(lq, return_feats=True)
-
-        def inner(sr, feats):
-            return distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t)["loss"]
-
-        result = meta_gradient(
-            student,
-            distiller.meta_parameters(),
-            inner,
-            lq,
-            meta_lq,
-            meta_gt,
-            pseudo=PseudoStep(),
-            engine=engine,
-        )
-    assert all(g.dtype == torch.float32 for g in result.grads)
-    return torch.cat([g.reshape(-1) for g in result.grads])
+from helpers.meta_grads import build, meta_grad
+from meta_kd_sr.meta import ENGINES
 
 
 @pytest.mark.parametrize("engine", ENGINES)
