@@ -1,4 +1,4 @@
-"""One meta-gradient of a small x4 distillation setup on any device and dtype, optionally under bf16 autocast."""
+"""The meta-gradient of a small x4 distillation setup on any device and dtype, optionally in bf16."""
 
 from __future__ import annotations
 
