@@ -2,7 +2,8 @@
 
 ``META_KD_SR_NOTEBOOK_FAST=1`` shrinks every training budget to a few iterations; the code path is the one
 of the full run, whose outputs are committed. ``META_KD_SR_NOTEBOOK_OUTPUTS`` keeps every file the
-notebook writes in the test's tmp_path.
+notebook writes in the test's tmp_path. The quickstart distils from the teacher shipped with the package (the
+default); the KRNet notebook runs with ``META_KD_SR_NOTEBOOK_RETRAIN_TEACHER=1``, the path that trains one.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf)"
 
 
-def _execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+def _execute(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retrain_teacher: bool = False
+) -> nbformat.NotebookNode:
     monkeypatch.setenv("META_KD_SR_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("META_KD_SR_NOTEBOOK_RETRAIN_TEACHER", "1" if retrain_teacher else "0")
     monkeypatch.setenv("META_KD_SR_NOTEBOOK_OUTPUTS", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend must render the figures
@@ -112,18 +116,21 @@ def test_quickstart_runs_and_draws_the_crops(tmp_path, monkeypatch) -> None:
     assert set(psnr) == {"bicubic", "scratch", "student", "teacher"}
     assert all(math.isfinite(v) and 5 < v < 60 for v in psnr.values())
     assert abs(psnr["bicubic"] - 29.384) < 0.01  # MATLAB bicubic on chelsea and coffee: no training involved
+    assert "teacher: shipped with the package" in out
     runs = tmp_path / "notebooks" / "quickstart"
-    for run in ("teacher", "mkd", "scratch"):
+    for run in ("mkd", "scratch"):
         assert (runs / run / "eval.json").is_file()
+    assert not (runs / "teacher").exists()  # the shipped teacher: nothing trained
     assert _images(nb) and _png_size(_images(nb)[0])[0] > 300
     assert _png_size((runs / "sr_crops.png").read_bytes())[0] > 300
     assert README_FIGURE.read_bytes() == figure_before  # a fast run never replaces the README's figure
 
 
 def test_krnet_notebook_runs_and_draws_kernels_and_maps(tmp_path, monkeypatch) -> None:
-    nb = _execute("krnet_kernels.ipynb", tmp_path, monkeypatch)
+    nb = _execute("krnet_kernels.ipynb", tmp_path, monkeypatch, retrain_teacher=True)
     out = _stdout(nb)
     assert "fast=True" in out
+    assert (tmp_path / "notebooks" / "krnet_kernels" / "teacher" / "eval.json").is_file()  # trained here
     checks = _kernel_checks(out)
     assert len(checks) == 2  # the initial and the meta-learned KRNet
     for max_sum, norm_min, norm_max, rel in checks:
