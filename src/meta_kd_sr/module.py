@@ -133,7 +133,8 @@ class SRModule(pl.LightningModule):
         DDP (student and adapters) gets a gradient in every student step: ``find_unused_parameters`` stays
         off. A precision the meta iteration cannot honour is refused here (``meta.precision_problem``).
         """
-        problem = precision_problem(str(self.trainer.precision), self.meta_enabled)
+        trainer = self._trainer  # None when setup is called by hand
+        problem = None if trainer is None else precision_problem(str(trainer.precision), self.meta_enabled)
         if problem is not None:
             raise ValueError(problem)
         exclude_from_ddp(self, DDP_EXCLUDED)
