@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GPU_RUN = ROOT / "benchmarks" / "results" / "gpu" / "2026-12-04_nvidia-h200_cf5628b"
 CPU_PAPER = ROOT / "benchmarks" / "results" / "step_paper_cpu.json"
+CPU_LEVERS = ROOT / "benchmarks" / "results" / "step_paper_cpu_levers.json"
 
 
 def table_after(text: str, heading: str) -> str:
@@ -33,3 +34,5 @@ def test_readme_cpu_paper_table_is_the_committed_run():
     result = json.loads(CPU_PAPER.read_text())
     assert result["table"] in (ROOT / "README.md").read_text()
     assert result["stage_table"] in (ROOT / "README.md").read_text()
+    levers = json.loads(CPU_LEVERS.read_text())
+    assert levers["table"] in (ROOT / "README.md").read_text() and not levers["errors"]
