@@ -22,3 +22,20 @@ def quick_run(tmp_path_factory) -> Path:
         [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--quick", "--out", str(out)], check=True
     )
     return out
+
+
+@pytest.fixture
+def train_launches(monkeypatch) -> list[list[str]]:
+    """The command lines of the trainings the benchmark's runner starts from now on (not git, uname)."""
+    from quality import runner
+
+    launches: list[list[str]] = []
+    real_popen = runner.subprocess.Popen
+
+    def counting_popen(cmd, *args, **kwargs):
+        if "meta_kd_sr.cli.train" in cmd:
+            launches.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    return launches

@@ -308,17 +308,9 @@ def test_quick_writes_results_with_the_schema(quick_run):
     assert (quick_run / "cache" / "bench_quality.log").read_text().count("phase") >= 8
 
 
-def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypatch, capsys):
+def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, train_launches, capsys):
     before = json.loads((quick_run / "quality.json").read_text())
-    launches: list[list[str]] = []
-    real_popen = runner.subprocess.Popen
-
-    def counting_popen(cmd, *args, **kwargs):
-        if "meta_kd_sr.cli.train" in cmd:  # trainings only (not git, uname)
-            launches.append(list(cmd))
-        return real_popen(cmd, *args, **kwargs)
-
-    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    launches = train_launches
     again = bench_quality.main(["--quick", "--out", str(quick_run)])
     assert launches == []  # every run finished: nothing trained
     assert [r["psnr_y"] for r in again["runs"]] == [r["psnr_y"] for r in before["runs"]]
@@ -334,20 +326,12 @@ def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, monkeypa
     assert markdown(resumed).count("\n") > 10
 
 
-def test_no_explore_reports_only_the_finished_exploration_runs(quick_run, monkeypatch):
+def test_no_explore_reports_only_the_finished_exploration_runs(quick_run, train_launches):
     before = json.loads((quick_run / "quality.json").read_text())
     explored = [r for r in before["runs"] if r["group"] == "explore"]
     (quick_run / "cache" / "runs" / explored[0]["name"] / "eval.json").unlink()
     shutil.rmtree(quick_run / "runs" / explored[0]["name"])
-    launches: list[list[str]] = []
-    real_popen = runner.subprocess.Popen
-
-    def counting_popen(cmd, *args, **kwargs):
-        if "meta_kd_sr.cli.train" in cmd:
-            launches.append(list(cmd))
-        return real_popen(cmd, *args, **kwargs)
-
-    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    launches = train_launches
     result = bench_quality.main(["--quick", "--out", str(quick_run), "--no-explore"])
     assert launches == []
     names = [r["name"] for r in result["runs"] if r["group"] == "explore"]

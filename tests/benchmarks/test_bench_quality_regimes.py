@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bench_quality
 import pytest
-from quality import runner, store, sweep
+from quality import store, sweep
 from quality.curve import converged, last_quarter_change
 from quality.heldout import HELDOUT, PHOTO_SETS, SWEEP_VAL, HeldoutPhotos, check_disjoint, score
 from quality.plan import QUICK, QUICK_CONVERGED, RunSpec, Sizes
@@ -137,17 +137,9 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
     assert (quick_regimes / "converged_budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_quick_store_outlives_the_cache(quick_regimes, monkeypatch, tmp_path):
+def test_quick_store_outlives_the_cache(quick_regimes, train_launches, tmp_path):
     before = json.loads((quick_regimes / "converged.json").read_text())
-    launches: list[list[str]] = []
-    real_popen = runner.subprocess.Popen
-
-    def counting_popen(cmd, *args, **kwargs):
-        if "meta_kd_sr.cli.train" in cmd:
-            launches.append(list(cmd))
-        return real_popen(cmd, *args, **kwargs)
-
-    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
+    launches = train_launches
     cache_runs = quick_regimes / "cache" / "runs"
     shutil.move(cache_runs, tmp_path / "runs")  # another machine: only the committed store is there
     try:
