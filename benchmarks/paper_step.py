@@ -187,6 +187,14 @@ def build_step(v: Variant, device: torch.device, tiny: bool, patch: int, batch: 
     return step, params
 
 
+def warmed_step(v: Variant, device: torch.device, args: Any) -> tuple:
+    """``build_step`` of ``v``, after ``args.warmup`` untimed iterations (allocator, cuDNN, compilation)."""
+    step, params = build_step(v, device, args.tiny, args.patch, args.batch)
+    for i in range(args.warmup):
+        step(i)
+    return step, params
+
+
 class CpuMemory:
     """Peak resident set size of this process since ``reset()`` (Linux ``/proc``; 0 where unavailable)."""
 
@@ -224,9 +232,7 @@ def measure(v: Variant, device: torch.device, args: Any) -> Measured:
 
 
 def _measure(v: Variant, device: torch.device, args: Any) -> Measured:
-    step, params = build_step(v, device, args.tiny, args.patch, args.batch)
-    for i in range(args.warmup):
-        step(i)
+    step, params = warmed_step(v, device, args)
     cuda = device.type == "cuda"
     memory = CpuMemory()
     if cuda:
@@ -307,9 +313,7 @@ STAGES = (
 
 def stages(v: Variant, device: torch.device, args: Any) -> dict[str, float]:
     """Seconds per iteration in each labelled stage of ``v`` (profiled; the rest is the student step's)."""
-    step, _ = build_step(v, device, args.tiny, args.patch, args.batch)
-    for i in range(args.warmup):
-        step(i)
+    step, _ = warmed_step(v, device, args)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
