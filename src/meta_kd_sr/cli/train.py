@@ -69,9 +69,7 @@ def build_module(cfg: DictConfig) -> SRModule:
         scale=cfg.scale,
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
-        channels_last=bool(cfg.get("speed", {}).get("channels_last", False)),
-        compile_teacher=bool(cfg.get("speed", {}).get("compile_teacher", False)),
-        compile_student=bool(cfg.get("speed", {}).get("compile_student", False)),
+        **{name: bool(on) for name, on in (cfg.get("speed") or {}).items()},  # channels_last, compile_*
         student_config=OmegaConf.to_container(cfg.model, resolve=True),
         teacher_config=_teacher_config(cfg, teacher),
     )
