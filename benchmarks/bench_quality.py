@@ -83,10 +83,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import pipeline, runner, sweep  # noqa: E402
 from quality.heldout import HELDOUT, SWEEP_VAL, check_disjoint  # noqa: E402
-from quality.plan import CONVERGED, FULL, QUICK, QUICK_CONVERGED, Sizes, student_spec, teacher_spec  # noqa: E402
+from quality.plan import (  # noqa: E402
+    CONVERGED,
+    FULL,
+    LEVER_STUDY,
+    QUICK,
+    QUICK_CONVERGED,
+    QUICK_LEVERS,
+    Sizes,
+    student_spec,
+    teacher_spec,
+)
 from quality.results import (  # noqa: E402
     collect,
     collect_converged,
+    collect_levers,
     collect_sweep,
     git_commit,
     portable,
@@ -98,6 +109,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCALE = pipeline.SCALE
 SIZES = {("short", False): FULL, ("short", True): QUICK, ("converged", False): CONVERGED}
 SIZES |= {("converged", True): QUICK_CONVERGED, ("sweep", False): FULL, ("sweep", True): QUICK}
+SIZES |= {("levers", False): LEVER_STUDY, ("levers", True): QUICK_LEVERS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,10 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the pipeline in about a minute")
     parser.add_argument(
         "--regime",
-        choices=("short", "converged"),
+        choices=("short", "converged", "levers"),
         default="short",
         help="short: 1000 iterations, equal time, explore (quality.*); converged: students at their measured "
-        "plateau under a stronger teacher (converged.*)",
+        "plateau under a stronger teacher (converged.*); levers: the meta step's levers and the whole-run "
+        "meta signal against frozen KRNets at 1000 iterations (levers.*)",
     )
     parser.add_argument(
         "--sweep",
@@ -220,6 +233,8 @@ def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
         result = collect_sweep(ctx, runs, args, grid)
     elif args.mode == "converged":
         result = collect_converged(ctx, pipeline.run_converged(ctx, teacher_threads), args)
+    elif args.mode == "levers":
+        result = collect_levers(ctx, pipeline.run_levers(ctx, teacher_threads), args)
     else:
         result = collect(ctx, pipeline.run_all(ctx, teacher_threads, explore=args.explore), args)
     files = write_outputs(result, args.out)

@@ -16,7 +16,8 @@ from . import runner, store
 from .curve import last_quarter_change
 from .health import summarize_run as summarize_health
 from .heldout import PHOTO_SETS, HeldoutPhotos, score
-from .plan import RunSpec, Sizes, round_iterations, student_spec, teacher_spec
+from .plan import LEVERS, RunSpec, Sizes, round_iterations, student_spec, teacher_spec
+from .signal import SIGNAL_FILE, summarize_signal
 from .sweep import sweep_specs, weights_for
 
 SCALE = 4
@@ -88,6 +89,7 @@ def score_run(ctx: Context, spec: RunSpec, record: dict[str, Any]) -> dict[str, 
         "photos": {"set": spec.photos, "names": list(dataset.image_names)},
         "params": sum(p.numel() for p in net.parameters()),
         "meta_health": summarize_health(record["run_dir"], record["iterations"]),
+        "meta_signal": summarize_signal(Path(record["run_dir"]) / SIGNAL_FILE),
         "teacher_sha256": None if teacher is None else store.sha256(teacher),
     }
 
@@ -292,6 +294,23 @@ def run_converged(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
     methods = [*ctx.sizes.methods, *ctx.sizes.levers]
     students = run_phase(ctx, "converged", every_seed(ctx, methods, budget["iterations"], "converged"))
     return {"teacher": teacher, "students": students, "budget": budget}
+
+
+def lever_specs(ctx: Context) -> list[RunSpec]:
+    """``methods`` and ``levers`` at the equal-iteration budget, seed-major (the methods keep their names)."""
+    s = ctx.sizes
+    group = {m: "levers" if m in LEVERS else "equal_iterations" for m in (*s.methods, *s.levers)}
+    return [
+        student_spec(s, m, seed, s.iterations, group[m], weights_for(m, ctx.tuned))
+        for seed in s.seeds
+        for m in (*s.methods, *s.levers)
+    ]
+
+
+def run_levers(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
+    """The teacher, then the lever study (``plan.LEVER_STUDY``): every method and lever, every seed."""
+    teacher = run_teacher(ctx, threads_teacher)
+    return {"teacher": teacher, "students": run_phase(ctx, "levers", lever_specs(ctx))}
 
 
 def run_sweep(ctx: Context, threads_teacher: int | None, grid: dict, seeds: Sequence[int]) -> dict[str, Any]:

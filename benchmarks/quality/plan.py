@@ -51,10 +51,20 @@ EXPLORE: dict[str, tuple[str, ...]] = {
     "mkd_mse": ("experiment=tiny_mkd", "meta.objective=mse"),  # the meta objective PSNR measures
     "mkd_spatial": ("experiment=tiny_mkd", "distill.loss.spatial=true"),  # per-pixel dynamic kernels
 }
-# Structural levers of the meta step (meta.accumulate, meta.inner_steps, a natural-photo meta split, ...):
-# add one here as name -> overrides once its config option exists, and list it in ``CONVERGED.levers`` (and
-# in ``FULL.explore``-like tuples) to benchmark it beside ``mkd_frozen`` and ``mkd``.
-LEVERS: dict[str, tuple[str, ...]] = {}
+# Structural levers of the meta step, benchmarked by ``--regime levers`` (``LEVER_STUDY``) beside
+# ``mkd_frozen`` and ``mkd`` at 1000 iterations; the most promising one goes into ``CONVERGED.levers``.
+LEVERS: dict[str, tuple[str, ...]] = {
+    # the control of the whole-run signal: each meta input paired with another meta image's target
+    "mkd_shuffle": ("experiment=tiny_mkd", "meta.control=shuffle"),
+    # horizon: a 2-step unrolled lookahead (differentiated through both pseudo steps)
+    "mkd_k2": ("experiment=tiny_mkd", "meta.inner_steps=2"),
+    # meta data: natural photos carved from the training photos (the train split loses those rows) ...
+    "mkd_natural": ("experiment=tiny_mkd", "data=embedded_meta_natural"),
+    # ... and frozen KRNets trained on the same reduced train split: the natural lever's own reference
+    "mkd_frozen_natural": ("experiment=tiny_kd", "distill=mkd_frozen", "data=embedded_meta_natural"),
+}
+# The frozen-KRNet run each meta-learned method is paired with (default ``mkd_frozen``): same data.
+FROZEN_REFERENCE = {"mkd_natural": "mkd_frozen_natural"}
 ALL_METHODS = {**METHODS, **MKD_VARIANTS, **EXPLORE, **LEVERS}
 COMMON = (
     "trainer.enable_progress_bar=false",
@@ -87,7 +97,7 @@ class Sizes:
             ``iterations`` is the budget.
         curve_points: held-out evaluations along a converged scratch run (its last quarter spans two).
         plateau_db: the budget rule's threshold.
-        levers: keys of ``LEVERS`` run beside ``methods`` (converged regime).
+        levers: keys of ``LEVERS`` run beside ``methods`` (converged and levers regimes).
         teacher_margin_db: the teacher's required lead over the converged scratch student.
     """
 
@@ -188,6 +198,21 @@ QUICK = Sizes(
 )
 
 
+# The levers of the meta step at the 1000-iteration schedule (``--regime levers``): scratch, frozen and
+# meta-learned KRNets, the shuffled-target control and every lever, 3 paired seeds, FULL's teacher.
+LEVER_STUDY = dataclasses.replace(
+    FULL,
+    methods=("mkd", "mkd_frozen", "none"),
+    equal_time=(),
+    explore=(),
+    calibration_iterations=0,
+    levers=tuple(LEVERS),
+)
+QUICK_LEVERS = dataclasses.replace(
+    QUICK, methods=("mkd", "none"), equal_time=(), explore=(), levers=("mkd_shuffle", "mkd_k2")
+)
+
+
 # The converged regime: students trained to their plateau (the budget is measured, see ``budget_ladder``)
 # under a teacher that must lead the converged scratch student by >= 1 dB. EDSR 40 x 12 (478,723
 # parameters, 1.9 MB: its record is committed) trained 20000 iterations; the 32 x 8 of FULL scored +0.77 dB
@@ -228,7 +253,7 @@ class RunSpec:
 
     name: str
     method: str
-    group: str  # teacher | equal_iterations | calibration | equal_time | explore | converged | sweep
+    group: str  # teacher | equal_iterations | calibration | equal_time | explore | levers | converged | sweep
     seed: int
     iterations: int
     overrides: tuple[str, ...]
@@ -275,6 +300,7 @@ TAGS = {
     "calibration": "-calib",
     "explore": "",
     "converged": "-conv",
+    "levers": "",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from meta_kd_sr.finite import finite_or_none
 
-from . import pipeline, report_converged, store, sweep
+from . import pipeline, report_converged, report_levers, store, sweep
 from .heldout import HELDOUT, SWEEP_VAL, HeldoutPhotos
 from .report import markdown, plot_front, summarize
 
@@ -159,6 +159,17 @@ def collect_converged(
     }
 
 
+def collect_levers(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The statistics and the JSON result of the lever study."""
+    return {
+        **header(ctx, args, runs["teacher"]),
+        "weights": weights_used(ctx, args),
+        "heldout": list(HeldoutPhotos(HELDOUT, SCALE).image_names),
+        "runs": runs["students"],
+        "summary": report_levers.summarize(runs["students"]),
+    }
+
+
 def collect_sweep(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace, grid: dict) -> dict:
     """The sweep's result: every point on the validation photos and the chosen weights."""
     return {
@@ -192,10 +203,11 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     """The result files of ``result['regime']`` in ``out``; their paths (relative to the repository)."""
     out.mkdir(parents=True, exist_ok=True)
     regime = result["regime"]
-    stem = {"short": "quality", "converged": "converged", "sweep": "sweep"}[regime]
+    stem = {"short": "quality", "converged": "converged", "sweep": "sweep", "levers": "levers"}[regime]
     files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    if regime != "sweep":
-        files["plot"] = out / f"{stem}_front.png" if regime == "short" else out / "converged_budget.png"
+    plots = {"short": "quality_front.png", "converged": "converged_budget.png", "levers": "levers_signal.png"}
+    if regime in plots:
+        files["plot"] = out / plots[regime]
     result["files"] = {k: store.shown(v, out) for k, v in files.items()}
     dump(result, files["json"])
     if regime == "short":
@@ -204,6 +216,9 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     elif regime == "converged":
         files["markdown"].write_text(report_converged.markdown(result))
         report_converged.plot_curve(result["budget"], files["plot"])
+    elif regime == "levers":
+        files["markdown"].write_text(report_levers.markdown(result))
+        report_levers.plot_signal(result["summary"], files["plot"])
     else:
         files["markdown"].write_text(sweep.markdown(result))
         chosen = {m: entry["chosen"] for m, entry in result["methods"].items()}

@@ -26,7 +26,7 @@ MANIFEST = "students.json"
 # what a record keeps: the spec, the run's measurements and its scores (no machine paths)
 KEPT = (
     "name", "method", "group", "seed", "iterations", "s_per_it", "train_s", "cpu_s_per_it", "train_cpu_s",
-    "process_s", "launches", "psnr_y", "ssim_y", "scores", "photos", "params", "meta_health",
+    "process_s", "launches", "psnr_y", "ssim_y", "scores", "photos", "params", "meta_health", "meta_signal",
     "curve", "teacher_sha256",
 )  # fmt: skip
 
