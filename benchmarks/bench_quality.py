@@ -155,6 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave out the exploration runs not yet finished (report the finished ones)",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: tuple(text.split(",")),
+        default=(),
+        help="--regime levers: train only these methods (comma-separated); other runs are reported when "
+        "stored (a second process on another --cache can so add a lever while the study runs)",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 0:
         raise SystemExit(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
@@ -167,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sweep and (args.regime != "short" or args.measure):
         raise SystemExit("--sweep runs at the short regime's sizes: leave out --regime and --measure")
     args.mode = "sweep" if args.sweep else args.regime
+    if args.only and args.mode != "levers":
+        raise SystemExit("--only applies to --regime levers")
     return args
 
 
@@ -234,7 +243,7 @@ def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
     elif args.mode == "converged":
         result = collect_converged(ctx, pipeline.run_converged(ctx, teacher_threads), args)
     elif args.mode == "levers":
-        result = collect_levers(ctx, pipeline.run_levers(ctx, teacher_threads), args)
+        result = collect_levers(ctx, pipeline.run_levers(ctx, teacher_threads, args.only), args)
     else:
         result = collect(ctx, pipeline.run_all(ctx, teacher_threads, explore=args.explore), args)
     files = write_outputs(result, args.out)

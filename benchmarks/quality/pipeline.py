@@ -296,21 +296,28 @@ def run_converged(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
     return {"teacher": teacher, "students": students, "budget": budget}
 
 
-def lever_specs(ctx: Context) -> list[RunSpec]:
-    """``methods`` and ``levers`` at the equal-iteration budget, seed-major (the methods keep their names)."""
+def lever_specs(ctx: Context, only: Sequence[str] = ()) -> list[RunSpec]:
+    """``methods`` and ``levers`` at the equal-iteration budget, seed-major (the methods keep their names).
+
+    ``only``: train only the runs of these methods; the others are kept when stored, else left out.
+    """
     s = ctx.sizes
     group = {m: "levers" if m in LEVERS else "equal_iterations" for m in (*s.methods, *s.levers)}
-    return [
+    unknown = sorted(set(only) - set(group))
+    if unknown:
+        raise ValueError(f"--only: unknown methods {unknown}, choose from {sorted(group)}")
+    specs = [
         student_spec(s, m, seed, s.iterations, group[m], weights_for(m, ctx.tuned))
         for seed in s.seeds
         for m in (*s.methods, *s.levers)
     ]
+    return [x for x in specs if not only or x.method in only or store.load(ctx.store, x) is not None]
 
 
-def run_levers(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
+def run_levers(ctx: Context, threads_teacher: int | None, only: Sequence[str] = ()) -> dict[str, Any]:
     """The teacher, then the lever study (``plan.LEVER_STUDY``): every method and lever, every seed."""
     teacher = run_teacher(ctx, threads_teacher)
-    return {"teacher": teacher, "students": run_phase(ctx, "levers", lever_specs(ctx))}
+    return {"teacher": teacher, "students": run_phase(ctx, "levers", lever_specs(ctx, only))}
 
 
 def run_sweep(ctx: Context, threads_teacher: int | None, grid: dict, seeds: Sequence[int]) -> dict[str, Any]:

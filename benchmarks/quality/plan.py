@@ -62,6 +62,12 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "mkd_natural": ("experiment=tiny_mkd", "data=embedded_meta_natural"),
     # ... and frozen KRNets trained on the same reduced train split: the natural lever's own reference
     "mkd_frozen_natural": ("experiment=tiny_kd", "distill=mkd_frozen", "data=embedded_meta_natural"),
+    # variance reduction: the mean of 16 meta-gradients per KRNet step, heavy-ball SGD (momentum 0.9), whose
+    # whole-run displacement is lr / (1 - 0.9) * sum g: it follows the mean, where Adam moves every weight by
+    # a full normalised step. lr from mkd-s0-n1000's whole-run statistics (1000 meta-gradients; median per
+    # weight |mean g| 7.5e-8, sd 2.6e-6): at lr 1000 a median weight's mean moves it 0.023 over the run
+    # (62 steps, cosine), its noise about 0.05 (median z ~1); Adam's lr 1e-4 allows up to 0.05.
+    "mkd_acc16": ("experiment=tiny_mkd", "meta.accumulate=16", "meta.optimizer=momentum", "meta.lr=1000"),
 }
 # The frozen-KRNet run each meta-learned method is paired with (default ``mkd_frozen``): same data.
 FROZEN_REFERENCE = {"mkd_natural": "mkd_frozen_natural"}
