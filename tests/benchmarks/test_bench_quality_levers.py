@@ -124,3 +124,20 @@ def test_quick_lever_study_trains_only_the_levers(quick_run, train_launches, tmp
     assert "## Whole-run meta signal" in text and "| mkd_shuffle |" in text and "pure noise" in text
     assert (tmp_path / "levers_signal.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "levers.json").read_text())["regime"] == "levers"
+
+
+def test_only_trains_the_named_methods_and_keeps_stored_runs(tmp_path):
+    from quality import pipeline, store
+
+    ctx = pipeline.Context(tmp_path / "cache", QUICK_LEVERS, 1, 1, tmp_path / "log", store=tmp_path / "store")
+    every = pipeline.lever_specs(ctx)
+    assert len(every) == len(QUICK_LEVERS.seeds) * (len(QUICK_LEVERS.methods) + len(QUICK_LEVERS.levers))
+    assert {s.method for s in pipeline.lever_specs(ctx, ("mkd_k2",))} == {"mkd_k2"}
+    stored = next(s for s in every if s.method == "mkd")
+    network = tmp_path / "student.pt"
+    network.write_bytes(b"net")
+    store.save(ctx.store, stored, {"psnr_y": 1.0}, network, "abc")
+    kept = pipeline.lever_specs(ctx, ("mkd_k2",))
+    assert stored in kept and {s.method for s in kept} == {"mkd_k2", "mkd"}
+    with pytest.raises(ValueError, match=r"--only: unknown methods \['mkd_typo'\]"):
+        pipeline.lever_specs(ctx, ("mkd_typo",))
