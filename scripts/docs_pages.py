@@ -121,18 +121,26 @@ def _page_title(text: str) -> str:
     return next(line[2:].strip() for line in text.splitlines() if line.startswith("# "))
 
 
-def _write_section(name: str, pages: dict[str, str], nav_order: list[str]) -> None:
+def _write_section(name: str, pages: dict[str, str], nav_order: list[tuple[tuple[str, ...], str]]) -> None:
+    """Write ``pages`` under ``name/`` and their nav (``SUMMARY.md``, read by mkdocs-literate-nav)."""
     import mkdocs_gen_files
 
     nav = mkdocs_gen_files.Nav()
-    for path in nav_order:
-        parts = tuple(Path(path).with_suffix("").parts)
-        parts = parts[:-1] if parts[-1] == "index" and len(parts) > 1 else parts
-        nav[parts or ("index",)] = path
+    for labels, path in nav_order:
+        nav[labels] = path
         with mkdocs_gen_files.open(f"{name}/{path}", "w") as page:
             page.write(pages[path])
     with mkdocs_gen_files.open(f"{name}/SUMMARY.md", "w") as summary:
         summary.writelines(nav.build_literate_nav())
+
+
+def results_nav(pages: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
+    """The results section's nav: the overview, each report by its title, then the GPU checks by run."""
+    order = [(("Overview",), "index.md")]
+    order += [((_page_title(pages[p]),), p) for p in sorted(pages) if "/" not in p and p != "index.md"]
+    gpu = sorted(p for p in pages if p.startswith("gpu/") and p != "gpu/index.md")
+    order += [(("GPU checks",), "gpu/index.md")] + [(("GPU checks", Path(p).stem), p) for p in gpu]
+    return order
 
 
 def main() -> None:
@@ -140,10 +148,21 @@ def main() -> None:
     import mkdocs_gen_files
 
     api = api_pages()
-    _write_section("reference/api", api, sorted(api))
+    _write_section(
+        "reference/api",
+        api,
+        [
+            (
+                tuple(Path(p).parent.parts)
+                if p.endswith("index.md")
+                else tuple(Path(p).with_suffix("").parts),
+                p,
+            )
+            for p in sorted(api)
+        ],
+    )
     pages = results_pages()
-    order = ["index.md", *sorted(p for p in pages if p != "index.md")]
-    _write_section("results", pages, order)
+    _write_section("results", pages, results_nav(pages))
     for chart in sorted(RESULTS.glob("*.png")):
         with mkdocs_gen_files.open(f"results/{chart.name}", "wb") as out:
             out.write(chart.read_bytes())
