@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 RUN := $(if $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2),LD_PRELOAD=libjemalloc.so.2,)
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-slow lint demo bench-data bench-step bench-quality gpu-check gpu-wheels clean
+.PHONY: install test test-slow lint docs demo bench-data bench-step bench-quality gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,cluster]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,cluster,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +24,15 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+# The documentation site into site/, strictly (any warning fails). The test suite builds it too
+# (tests/docs/test_site.py); this target installs the docs extra into an older .venv that lacks it.
+DOCS_IMPORTS := mkdocs_gen_files, mkdocs_literate_nav, mkdocstrings_handlers.python, material
+docs: $(STAMP)
+	$(PY) -c "import $(DOCS_IMPORTS)" 2>/dev/null || $(PY) -m pip install -q -c requirements/constraints.txt -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
 
 demo: $(STAMP)
 	$(RUN) $(PY) -m meta_kd_sr.cli.demo
@@ -51,4 +58,4 @@ gpu-wheels: $(STAMP)
 	$(PY) -m pip wheel -q --no-deps -c requirements/constraints.txt -w .whl $(GPU_WHEELS)
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache site
