@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meta_kd_sr.data.imresize import imresize
-from meta_kd_sr.inference import self_ensemble, tiled_forward, upscale_bicubic
+from meta_kd_sr.evaluation.inference import self_ensemble, tiled_forward, upscale_bicubic
 
 
 def _load_oracle(name: str):

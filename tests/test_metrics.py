@@ -12,7 +12,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from meta_kd_sr.data.imresize import imresize
-from meta_kd_sr.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to_y, sr_metrics, ssim_y
+from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to_y, sr_metrics, ssim_y
 
 
 def _load_oracle(name: str):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from meta_kd_sr.models import EDSR, RCAN
-from meta_kd_sr.teacher import load_teacher
+from meta_kd_sr.training.teacher import load_teacher
 
 
 def _oracle():

@@ -28,12 +28,12 @@ from meta_kd_sr.cli.train import build_module, main, train
 from meta_kd_sr.cli.wandb_view import config_values, history_values, wait_for_finished_run
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.distill import Distiller, KRNetLoss
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
+from meta_kd_sr.evaluation.panels import centre_crop, diverging, hstack, kernel_grid, krnet_kernels
+from meta_kd_sr.evaluation.summary import results_rows
 from meta_kd_sr.models import EDSR
 from meta_kd_sr.models.checkpoint import student_from_checkpoint
-from meta_kd_sr.panels import centre_crop, diverging, hstack, kernel_grid, krnet_kernels
-from meta_kd_sr.recovery import RunRefused
-from meta_kd_sr.summary import results_rows
+from meta_kd_sr.training.recovery import RunRefused
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 

@@ -21,12 +21,12 @@ from omegaconf import OmegaConf
 
 from meta_kd_sr.cli.prepare import prepare
 from meta_kd_sr.cli.train import train
-from meta_kd_sr.console import Phases, eval_mode_warning, format_outputs, quiet_known_noise
 from meta_kd_sr.data import save_png
 from meta_kd_sr.models import EDSR
-from meta_kd_sr.progress import RichStepProgressBar, StepProgressBar, display_callbacks, step_total
-from meta_kd_sr.recovery import RunRefused, prepare_run_dir
-from meta_kd_sr.teacher import load_teacher
+from meta_kd_sr.runtime.console import Phases, eval_mode_warning, format_outputs, quiet_known_noise
+from meta_kd_sr.training.progress import RichStepProgressBar, StepProgressBar, display_callbacks, step_total
+from meta_kd_sr.training.recovery import RunRefused, prepare_run_dir
+from meta_kd_sr.training.teacher import load_teacher
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 TINY = ["experiment=tiny_sr", "model.n_feats=8", "model.n_blocks=1"]

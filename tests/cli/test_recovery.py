@@ -14,11 +14,12 @@ import pytest
 import torch
 from cli_helpers import FAST, compose_train
 
-from meta_kd_sr import recovery
-from meta_kd_sr.atomic import remove_stale_temporaries
 from meta_kd_sr.cli.train import train
-from meta_kd_sr.module import SRModule
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.runtime import finite
+from meta_kd_sr.runtime.atomic import remove_stale_temporaries
+from meta_kd_sr.training import recovery
+from meta_kd_sr.training.module import SRModule
+from meta_kd_sr.training.recovery import RunRefused
 
 HERE = Path(__file__).parent
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
@@ -119,7 +120,7 @@ def test_nan_run_exits_nonzero_with_nothing_non_finite_on_disk(tmp_path):
         r"meta-kd-sr-train: training stopped: train/loss\S* is (nan|inf) at iteration \d+", last
     ), last
     for path in [*out.rglob("*.ckpt"), *out.rglob("*.pt")]:
-        assert recovery.first_non_finite(torch.load(path, map_location="cpu", weights_only=True)) is None, (
+        assert finite.first_nonfinite_name(torch.load(path, map_location="cpu", weights_only=True)) is None, (
             path
         )
     if (out / "eval.json").exists():

@@ -9,8 +9,8 @@ import torch
 from meta_setup import tiny_kd_module
 from torch.utils.data import DataLoader
 
-from meta_kd_sr.finite import NonFiniteError
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.runtime.finite import NonFiniteError
+from meta_kd_sr.training.module import SRModule
 
 NAN = float("nan")
 

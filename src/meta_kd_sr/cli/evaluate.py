@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from meta_kd_sr.cli import config_dir, hydra_log
-from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data import ImageFolderSR, save_png
-from meta_kd_sr.finite import finite_or_none
-from meta_kd_sr.inference import resolve_device, sr_function, tile_setting
-from meta_kd_sr.metrics import psnr_y, quantize, ssim_y
+from meta_kd_sr.evaluation.inference import resolve_device, sr_function, tile_setting
+from meta_kd_sr.evaluation.metrics import psnr_y, quantize, ssim_y
 from meta_kd_sr.models.checkpoint import load_pretrained, read_checkpoint, student_from_checkpoint
+from meta_kd_sr.runtime.console import format_outputs, one_line_errors
+from meta_kd_sr.runtime.finite import finite_or_none
 
 log = logging.getLogger(__name__)
 SRFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -2,8 +2,8 @@
 
 - ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.save_student`), which
   ``meta-kd-sr-eval``/``meta-kd-sr-upscale`` and ``student_from_checkpoint`` rebuild;
-- ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.inference.SRForward`, a plain ``lq -> sr``
-  module (networks that are not an ``SRNet`` are traced instead);
+- ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.evaluation.inference.SRForward`, a plain
+  ``lq -> sr`` module (networks that are not an ``SRNet`` are traced instead);
 - ``onnx``: ``torch.onnx.export`` (the dynamo exporter, torch's default) of the same module, one
   self-contained file, with dynamic batch, height and width by default.
 
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from meta_kd_sr.atomic import atomic_path
-from meta_kd_sr.console import TORCHVISION_NOTE, drop_exact_log, format_outputs, one_line_errors
-from meta_kd_sr.inference import SRForward, resolve_device
+from meta_kd_sr.evaluation.inference import SRForward, resolve_device
 from meta_kd_sr.models import SRNet
 from meta_kd_sr.models.checkpoint import exportable_student, save_student
+from meta_kd_sr.runtime.atomic import atomic_path
+from meta_kd_sr.runtime.console import TORCHVISION_NOTE, drop_exact_log, format_outputs, one_line_errors
 
 FORMATS = ("pt", "torchscript", "onnx")
 DYNAMIC = {"all": {0: "batch", 2: "height", 3: "width"}, "hw": {2: "height", 3: "width"}, "none": None}

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.training.recovery import RunRefused
 
 # Logger class name -> (modules that provide its backend, the extra that installs one).
 OPTIONAL_BACKENDS = {

@@ -19,14 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
 from meta_kd_sr.cli.loggers import build_loggers, run_config
-from meta_kd_sr.console import ALEMBIC_NOTE, drop_exact_log, one_line_errors, quiet_known_noise, run_outputs
-from meta_kd_sr.finite import NonFiniteError, finite_or_none
+from meta_kd_sr.evaluation.summary import RunSummary, validation_psnr
 from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
-from meta_kd_sr.module import SRModule
-from meta_kd_sr.progress import display_callbacks
-from meta_kd_sr.projection import ProjectedTime
-from meta_kd_sr.recovery import (
+from meta_kd_sr.runtime.console import (
+    ALEMBIC_NOTE,
+    drop_exact_log,
+    one_line_errors,
+    quiet_known_noise,
+    run_outputs,
+)
+from meta_kd_sr.runtime.finite import NonFiniteError, finite_or_none
+from meta_kd_sr.training.module import SRModule
+from meta_kd_sr.training.progress import display_callbacks
+from meta_kd_sr.training.projection import ProjectedTime
+from meta_kd_sr.training.recovery import (
     AtomicCheckpointIO,
     RunRefused,
     RunSettings,
@@ -36,9 +43,8 @@ from meta_kd_sr.recovery import (
     prepare_run_dir,
     weights_fingerprint,
 )
-from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
-from meta_kd_sr.summary import RunSummary, validation_psnr
-from meta_kd_sr.teacher import MISSING_TEACHER, load_teacher
+from meta_kd_sr.training.sanity import below_bicubic, bicubic_psnr
+from meta_kd_sr.training.teacher import MISSING_TEACHER, load_teacher
 
 log = logging.getLogger(__name__)
 drop_exact_log(*ALEMBIC_NOTE)  # before Hydra starts an Optuna sweeper, which imports alembic

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.runtime.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

@@ -38,7 +38,7 @@ to the float32 one was 0.9995-0.9998 (3 seeds, engine "higher"; ``tests/meta/tes
 for every engine). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9
 taps keeps a DC leak of about 0.4 % of its norm, far below what changes the meta-gradient.
 
-Non-finite values follow :mod:`meta_kd_sr.finite`: a bad loss term or student gradient raises
+Non-finite values follow :mod:`meta_kd_sr.runtime.finite`: a bad loss term or student gradient raises
 ``NonFiniteError`` before any step; every rank sees the same reduced gradients, so all decide alike.
 """
 
@@ -52,14 +52,14 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from meta_kd_sr.ddp import all_reduce_mean, world_size
 from meta_kd_sr.distill import Distiller
-from meta_kd_sr.finite import check_grads, check_terms, first_nonfinite
 from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.settings import MetaSettings
 from meta_kd_sr.meta.signal import MetaSignal
 from meta_kd_sr.meta.step import MetaResult, ddp_grad_mean, meta_gradient, unwrap_optimizer
+from meta_kd_sr.runtime.ddp import all_reduce_mean, world_size
+from meta_kd_sr.runtime.finite import check_grads, check_terms, first_nonfinite_index
 
 TeacherOut = tuple[Tensor | None, Mapping[str, Tensor] | None]
 Terms = dict[str, Tensor]
@@ -220,7 +220,7 @@ def _krnet_step(
     # along: a NaN in it can leave a zero gradient behind (L1's sign(NaN) is 0). Every rank decides on the
     # same averaged values, so all skip or all step (and all windows stay equal).
     *grads, meta_loss = all_reduce_mean([*result.grads, result.meta_loss])
-    skip = first_nonfinite([*grads, meta_loss]) is not None
+    skip = first_nonfinite_index([*grads, meta_loss]) is not None
     health_logs: dict[str, Tensor] = {}
     if not skip:
         if signal is not None:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.runtime.atomic import atomic_path
 
 HALF_NORMAL_MEDIAN = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(0.5, dtype=torch.float64)).item()
 

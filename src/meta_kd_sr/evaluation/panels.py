@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from meta_kd_sr.data.io import to_uint8
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
 
 Features = dict[str, Tensor]
 

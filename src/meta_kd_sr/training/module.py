@@ -2,7 +2,8 @@
 
 It wires built objects (student, optional frozen teacher, distiller, optimizers) and holds no maths: the
 losses live in :mod:`meta_kd_sr.distill`, the training iteration (plain, or meta step, KRNet step and
-student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in :mod:`meta_kd_sr.metrics`.
+student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in
+:mod:`meta_kd_sr.evaluation.metrics`.
 Optimisation is manual, so the stages of a meta iteration run in the order of the method.
 """
 
@@ -17,17 +18,17 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
-from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.evaluation.inference import self_ensemble, tiled_forward
+from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY
 from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import run_iteration, train_part
 from meta_kd_sr.meta.settings import MetaSettings, precision_problem
 from meta_kd_sr.meta.signal import MetaSignal
-from meta_kd_sr.metrics import PSNRY, SSIMY
 from meta_kd_sr.models import accepts_features_only
-from meta_kd_sr.teacher import freeze_teacher
+from meta_kd_sr.runtime.ddp import broadcast_, exclude_from_ddp
+from meta_kd_sr.training.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -268,7 +269,7 @@ class SRModule(pl.LightningModule):
         return sr.clamp(0, 1)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Per-image PSNR_y / SSIM_y of the student (the SR protocol of :mod:`meta_kd_sr.metrics`)."""
+        """Per-image PSNR_y / SSIM_y of the student (the protocol of :mod:`meta_kd_sr.evaluation.metrics`)."""
         sr = self.super_resolve(self.student, batch["lq"])
         self.val_psnr.update(sr, batch["gt"])
         self.val_ssim.update(sr, batch["gt"])
