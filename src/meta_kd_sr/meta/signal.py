@@ -120,8 +120,9 @@ class MetaSignal:
             control: ``meta.control`` of the run ("none" or "shuffle"), so a comparison knows which is which.
         """
         numels = [int(p.numel()) for _, p in named]
-        if sum(numels) != (0 if self.mean is None else self.mean.numel()):
-            raise ValueError(f"the parameters have {sum(numels)} entries, the statistics {self.mean.numel()}")
+        stats = 0 if self.mean is None else self.mean.numel()
+        if sum(numels) != stats:
+            raise ValueError(f"the parameters have {sum(numels)} entries, the statistics {stats}")
         record = {
             "z": self.z().to(torch.float32),
             "steps": self.steps,
