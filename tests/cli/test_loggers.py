@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import FAST, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 from PIL import Image
 
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli import config_dir, wandb_view
 from meta_kd_sr.cli.loggers import build_loggers, run_config, run_identity
 from meta_kd_sr.cli.train import build_module, main, train

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import FAST, compose_train
 from hydra import compose, initialize_config_dir
 
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli import config_dir, evaluate, export, prepare, train, upscale
 from meta_kd_sr.cli.run_guard import RunDirGuard
 from meta_kd_sr.data import save_png

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
-from cli_helpers import compose_train
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import OmegaConf
 
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.prepare import prepare
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.data import save_png

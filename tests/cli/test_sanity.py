@@ -3,8 +3,7 @@ import json
 import logging
 import sys
 
-from cli_helpers import FAST, compose_train
-
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli.train import main, train
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.training.sanity import below_bicubic, bicubic_psnr

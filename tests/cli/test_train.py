@@ -7,11 +7,11 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from cli_helpers import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import build_module, train
 from meta_kd_sr.cli.wandb_view import config_keys, history_keys, wait_for_finished_run
 from meta_kd_sr.data.transforms import bicubic_downscale

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from ddp_helpers import tiny_overrides
 from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from helpers.ddp_helpers import tiny_overrides
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.train import build_module
 from meta_kd_sr.runtime.ddp import all_reduce_mean, broadcast_, exclude_from_ddp, names_under, world_size

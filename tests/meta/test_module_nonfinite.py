@@ -6,9 +6,9 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from meta_setup import tiny_kd_module
 from torch.utils.data import DataLoader
 
+from helpers.meta_setup import tiny_kd_module
 from meta_kd_sr.runtime.finite import NonFiniteError
 from meta_kd_sr.training.module import SRModule
 

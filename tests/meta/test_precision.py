@@ -7,8 +7,8 @@ import sys
 
 import lightning.pytorch as pl
 import pytest
-from meta_setup import tiny_kd_module
 
+from helpers.meta_setup import tiny_kd_module
 from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.meta.settings import META_PRECISIONS, precision_problem
