@@ -26,6 +26,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 demo: $(STAMP)
 	$(RUN) $(PY) -m meta_kd_sr.cli.demo

@@ -21,7 +21,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -243,7 +243,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
     if not any("=" in a and not a.startswith("-") for a in argv):
         return _legacy_args(argv)
-    pairs = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+    pairs = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(list(argv))))
     unknown = [k for k in pairs if k not in KEYS]
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}: meta-kd-sr-export takes {', '.join(KEYS)}")

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
@@ -15,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
@@ -62,8 +64,8 @@ def build_module(cfg: DictConfig) -> SRModule:
         )
     distiller = instantiate(
         cfg.distill,
-        student_channels=dict(student.feature_channels),
-        teacher_channels=dict(teacher.feature_channels) if teacher is not None else None,
+        student_channels=_channels(student),
+        teacher_channels=_channels(teacher) if teacher is not None else None,
     )
     return SRModule(
         student=student,
@@ -71,14 +73,24 @@ def build_module(cfg: DictConfig) -> SRModule:
         distiller=distiller,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        meta=OmegaConf.to_container(cfg.meta, resolve=True),
+        meta=_container(cfg.meta),
         scale=cfg.scale,
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
         **{name: bool(on) for name, on in (cfg.get("speed") or {}).items()},  # channels_last, compile_*
-        student_config=OmegaConf.to_container(cfg.model, resolve=True),
+        student_config=_container(cfg.model),
         teacher_config=_teacher_config(cfg, teacher),
     )
+
+
+def _channels(net: nn.Module) -> dict[str, int]:
+    """``net.feature_channels``: the width of each feature position of an SR network."""
+    return dict(cast(Mapping[str, int], net.feature_channels))
+
+
+def _container(cfg: Any) -> dict[str, Any]:
+    """A config node as a plain dict, interpolations resolved."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
 
 def _teacher_config(cfg: DictConfig, teacher: Any) -> dict[str, Any] | None:
@@ -86,7 +98,7 @@ def _teacher_config(cfg: DictConfig, teacher: Any) -> dict[str, Any] | None:
     if teacher is None:
         return None
     return {
-        **OmegaConf.to_container(cfg.teacher, resolve=True),
+        **_container(cfg.teacher),
         "weights_sha256": weights_fingerprint(teacher),
     }
 
@@ -227,13 +239,12 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
     if not hr_dirs:
         return None
     # eval.yaml's defaults (the meta-kd-sr-eval command), with this run's settings
-    eval_cfg = OmegaConf.load(Path(config_dir()) / "eval.yaml")
+    eval_cfg = cast(DictConfig, OmegaConf.load(Path(config_dir()) / "eval.yaml"))
     for key in ("defaults", "hydra"):
         eval_cfg.pop(key, None)
     overrides = {"ckpt_path": student_path, "scale": cfg.scale, "hr_dirs": list(hr_dirs), "model": None}
     overrides |= {"self_ensemble": cfg.evaluation.self_ensemble, "tile": cfg.val.tile}
-    eval_cfg = OmegaConf.merge(eval_cfg, overrides)
-    return evaluate(eval_cfg)
+    return evaluate(cast(DictConfig, OmegaConf.merge(eval_cfg, overrides)))
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -252,7 +263,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def resolved_yaml(cfg: DictConfig) -> str:
     """The run's config as YAML, interpolations resolved (as written unresolvable), without ``hydra``."""
-    shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    shown = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     try:
         return OmegaConf.to_yaml(shown, resolve=True)
     except Exception:  # an interpolation that only fails later is reported where it is used

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -201,7 +201,7 @@ def upscaler(
     def run(lq: torch.Tensor, plan: Plan) -> torch.Tensor:
         if plan.stream:  # tile by tile into a uint8 output: no float HR buffer
             return tiled_uint8(
-                sr_function(net, scale, None, overlap, ensemble), lq, scale, plan.tile, overlap
+                sr_function(net, scale, None, overlap, ensemble), lq, scale, cast(int, plan.tile), overlap
             )
         return to_uint8(sr_function(net, scale, plan.tile, overlap, ensemble)(lq).clamp(0, 1)[0]).cpu()
 

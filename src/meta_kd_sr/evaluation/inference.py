@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import product
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +79,7 @@ def self_ensemble(model_fn: ModelFn, lq: Tensor) -> Tensor:
                 f"but {tuple(total.shape)} for the identity"
             )
         total = sr if total is None else total + sr
-    return total / 8
+    return cast(Tensor, total) / 8  # eight transforms ran
 
 
 def _windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -141,7 +142,7 @@ def tiled_forward(model_fn: ModelFn, lq: Tensor, scale: int, tile: int, overlap:
         out[..., ky0 * scale : ky1 * scale, kx0 * scale : kx1 * scale] = sr[
             ..., (ky0 - y0) * scale : (ky1 - y0) * scale, (kx0 - x0) * scale : (kx1 - x0) * scale
         ]
-    return out
+    return cast(Tensor, out)  # every image has at least one window
 
 
 def upscale_bicubic(lq: Tensor, scale: int) -> Tensor:
@@ -236,6 +237,8 @@ class SRForward(nn.Module):
     Args:
         net: an EDSR, RCAN or any other ``SRNet``.
     """
+
+    mean: Tensor  # the RGB mean buffer, (1, 3, 1, 1)
 
     def __init__(self, net: SRNet) -> None:
         super().__init__()

@@ -75,7 +75,7 @@ def _address_space_left() -> int | None:
         return None
     try:
         status = Path("/proc/self/status").read_text()
-        used = int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024
+        used = int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024  # pyright: ignore[reportOptionalSubscript]
     except (OSError, TypeError):
         used = 0
     return max(soft - used, 0)

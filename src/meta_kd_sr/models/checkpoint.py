@@ -233,7 +233,7 @@ def _checked(config: Any, where: str, entry: str) -> tuple[type[nn.Module], str,
         )
     target = config.get("_target_")
     cls = _REGISTRY.get(target) if isinstance(target, str) else None
-    if cls is None:
+    if cls is None or not isinstance(target, str):
         raise ValueError(
             f"{where}: {entry}['_target_'] = {target!r:.200} is not a network that may be rebuilt from "
             f"a file (allowed: {sorted(_REGISTRY)}). Names read from a checkpoint are never imported. If it "

@@ -42,7 +42,7 @@ def first_nonfinite_index(tensors: Sequence[Tensor]) -> int | None:
             groups.setdefault(t.device, []).append(i)
     suspects: list[int] = []
     for index in groups.values():
-        norms = torch._foreach_norm([tensors[i] for i in index])
+        norms = torch._foreach_norm([tensors[i] for i in index])  # pyright: ignore[reportPrivateImportUsage]
         dtype = norms[0].dtype
         finite = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms]).isfinite()
         if not bool(finite.all()):
