@@ -3,8 +3,8 @@
 It wires built objects (student, optional frozen teacher, distiller, optimizers) and holds no maths: the
 losses live in :mod:`meta_kd_sr.distill`, the training iteration (plain, or meta step, KRNet step and
 student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in
-:mod:`meta_kd_sr.evaluation.metrics`.
-Optimisation is manual, so the stages of a meta iteration run in the order of the method.
+:mod:`meta_kd_sr.evaluation.metrics`. Optimisation is manual, so the stages of a meta iteration run in the
+order of the method. The values that cross the stages are typed in :mod:`meta_kd_sr.meta.outputs`.
 """
 
 from __future__ import annotations
