@@ -16,7 +16,7 @@ from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to
 
 
 def _load_oracle(name: str):
-    path = Path(__file__).parent / "oracles" / f"{name}.py"
+    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
