@@ -238,8 +238,6 @@ class SRForward(nn.Module):
         net: an EDSR, RCAN or any other ``SRNet``.
     """
 
-    mean: Tensor  # the RGB mean buffer, (1, 3, 1, 1)
-
     def __init__(self, net: SRNet) -> None:
         super().__init__()
         if not isinstance(net, SRNet):
@@ -254,7 +252,8 @@ class SRForward(nn.Module):
         """lq: (B, 3, h, w) float in [0, 1] -> sr: (B, 3, h * scale, w * scale), not clamped."""
         if lq.dim() != 4 or lq.size(1) != 3:
             raise ValueError("lq must be a (B, 3, h, w) tensor")
+        # a buffer: torch types it Tensor | Module, and TorchScript rejects a class-level annotation
         mean = self.mean.to(lq.dtype)
-        x = self.conv_first((lq - mean) * self.img_range)
+        x = self.conv_first((lq - mean) * self.img_range)  # pyright: ignore[reportOperatorIssue]
         res = self.conv_after_body(self.body(x))
         return self.conv_last(self.upsample(res + x)) / self.img_range + mean
