@@ -26,6 +26,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 # The documentation site into site/, strictly (any warning fails). The test suite builds it too
 # (tests/docs/test_site.py); this target installs the docs extra into an older .venv that lacks it.

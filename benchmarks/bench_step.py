@@ -51,7 +51,7 @@ from paper_step import photo_batches  # benchmarks/ is on sys.path when this scr
 from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.models.edsr import EDSR
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.training.module import SRModule
 
 VARIANTS = ("output KD", "MKD higher", "MKD func", "output KD bf16", "MKD higher bf16")
 EXTRA_VARIANTS = ("KRNet KD",)

@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.data.embedded import EMBEDDED_PHOTOS, load_photo
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.training.module import SRModule
 
 SCALE = 4
 FAMILIES = {

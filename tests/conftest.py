@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,24 @@ _drop_launcher_variables()
 os.environ["WANDB_MODE"] = "disabled"
 # Tiny tensors on 2 busy cores: one intra-op thread avoids OpenMP barrier stalls.
 torch.set_num_threads(1)
+
+
+# Markers by place: ``-m "not ddp"``, ``-m integration`` select by kind without a decorator on every test.
+MARKED_PATHS = {
+    "ddp": ("ddp/",),
+    "gpu": ("gpu/",),
+    "integration": ("cli/", "benchmarks/", "test_notebooks.py", "test_wheel_install.py"),
+}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by the folder or file it lives in (``MARKED_PATHS``)."""
+    for item in items:
+        where = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
+        for marker, places in MARKED_PATHS.items():
+            if where.startswith(places) and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)

@@ -85,7 +85,10 @@ def test_relative_and_type_checking_imports_count(tmp_path) -> None:
 
 def test_src_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "meta_kd_sr.module" in graph and "meta_kd_sr.meta.iteration" in graph["meta_kd_sr.module"]
+    assert (
+        "meta_kd_sr.training.module" in graph
+        and "meta_kd_sr.meta.iteration" in graph["meta_kd_sr.training.module"]
+    )
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -93,3 +96,22 @@ def test_src_has_no_import_cycle() -> None:
 @pytest.mark.parametrize("name", sorted(module_files()))
 def test_every_module_imports(name) -> None:
     importlib.import_module(name)
+
+
+# The subpackages from the bottom up (see meta_kd_sr/__init__.py): each imports only those before it.
+LAYERS = ["assets", "runtime", "models", "data", "distill", "meta", "evaluation", "training", "cli"]
+
+
+def test_subpackages_import_only_the_layers_below() -> None:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = []
+    for module, deps in import_graph().items():
+        parts = module.split(".")
+        if len(parts) < 2 or parts[1] not in rank:
+            continue
+        for dep in deps:
+            below = dep.split(".")[1] if dep.count(".") else None
+            if below in rank and rank[below] > rank[parts[1]]:
+                upward.append(f"{module} -> {dep}")
+    assert not upward, "imports against the layers: " + ", ".join(sorted(upward))
+    assert {p.name for p in (SRC / "meta_kd_sr").iterdir() if p.suffix == ".py"} == {"__init__.py"}

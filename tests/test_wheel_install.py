@@ -26,8 +26,8 @@ from packaging.requirements import Requirement
 from skimage import data as skimage_data
 
 from meta_kd_sr.data import ImageFolderSR, save_png
-from meta_kd_sr.inference import upscale_bicubic
-from meta_kd_sr.metrics import psnr_y, ssim_y
+from meta_kd_sr.evaluation.inference import upscale_bicubic
+from meta_kd_sr.evaluation.metrics import psnr_y, ssim_y
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "src", "conf")

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from meta_kd_sr.finite import finite_or_none
+from meta_kd_sr.runtime.finite import finite_or_none
 
 from . import pipeline, report_converged, report_levers, store, sweep
 from .heldout import HELDOUT, SWEEP_VAL, HeldoutPhotos
@@ -107,7 +107,7 @@ def weights_used(ctx: pipeline.Context, args: argparse.Namespace) -> str:
 def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The statistics and the JSON result of the short regime."""
     from meta_kd_sr.cli.evaluate import score_dataset
-    from meta_kd_sr.inference import upscale_bicubic
+    from meta_kd_sr.evaluation.inference import upscale_bicubic
 
     dataset = HeldoutPhotos(HELDOUT, SCALE)
     evaluated = [*runs["students"], *runs["equal_time"], *runs["explore"]]
@@ -142,7 +142,7 @@ def collect_converged(
 ) -> dict[str, Any]:
     """The statistics and the JSON result of the converged regime."""
     from meta_kd_sr.cli.evaluate import score_dataset
-    from meta_kd_sr.inference import upscale_bicubic
+    from meta_kd_sr.evaluation.inference import upscale_bicubic
 
     dataset = HeldoutPhotos(HELDOUT, SCALE)
     margin = pipeline.teacher_margin(runs["teacher"], runs["students"], ctx.sizes.teacher_margin_db)

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from meta_kd_sr.recovery import RUN_OUTPUTS
+from meta_kd_sr.training.recovery import RUN_OUTPUTS
 
 from .curve import read_curve
 from .plan import RunSpec

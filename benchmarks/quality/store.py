@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from meta_kd_sr.finite import finite_or_none
+from meta_kd_sr.runtime.finite import finite_or_none
 
 from .plan import RunSpec
 

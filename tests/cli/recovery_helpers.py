@@ -25,7 +25,7 @@ def kill_during_save(good: str, target: str) -> None:
     """Save ``good`` to ``target`` atomically, then die by SIGKILL halfway through writing a second save."""
     import torch
 
-    from meta_kd_sr import recovery
+    from meta_kd_sr.training import recovery
 
     io = recovery.AtomicCheckpointIO()
     io.save_checkpoint(torch.load(good, weights_only=True), target)

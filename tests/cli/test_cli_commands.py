@@ -121,8 +121,7 @@ def _flops(net: torch.nn.Module) -> int:
 
 
 def test_exported_student_is_the_plain_network(tmp_path):
-    from cli_helpers import compose_train
-
+    from helpers.train_config import compose_train
     from meta_kd_sr.cli.train import train
 
     teacher = train(

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import checkpoint_method, evaluate
 from meta_kd_sr.data import bicubic_downscale, crop_to_multiple, load_photo, read_image, save_png, to_float
-from meta_kd_sr.metrics import psnr_y, quantize, ssim_y
+from meta_kd_sr.evaluation.metrics import psnr_y, quantize, ssim_y
 from meta_kd_sr.models import EDSR
 
 BIN = Path(sys.executable).parent

@@ -16,7 +16,7 @@ import torch
 
 from meta_kd_sr.cli.export import export, main, output_paths
 from meta_kd_sr.data import imresize_uint8, load_photo, to_float
-from meta_kd_sr.inference import SRForward
+from meta_kd_sr.evaluation.inference import SRForward
 from meta_kd_sr.models import EDSR, RCAN, student_from_checkpoint
 
 TS_ATOL, ONNX_ATOL = 1e-6, 1e-5

@@ -15,25 +15,25 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import FAST, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 from PIL import Image
 
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli import config_dir, wandb_view
 from meta_kd_sr.cli.loggers import build_loggers, run_config, run_identity
 from meta_kd_sr.cli.train import build_module, main, train
 from meta_kd_sr.cli.wandb_view import config_values, history_values, wait_for_finished_run
 from meta_kd_sr.data import EmbeddedPhotos
 from meta_kd_sr.distill import Distiller, KRNetLoss
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
+from meta_kd_sr.evaluation.panels import centre_crop, diverging, hstack, kernel_grid, krnet_kernels
+from meta_kd_sr.evaluation.summary import results_rows
 from meta_kd_sr.models import EDSR
 from meta_kd_sr.models.checkpoint import student_from_checkpoint
-from meta_kd_sr.panels import centre_crop, diverging, hstack, kernel_grid, krnet_kernels
-from meta_kd_sr.recovery import RunRefused
-from meta_kd_sr.summary import results_rows
+from meta_kd_sr.training.recovery import RunRefused
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 

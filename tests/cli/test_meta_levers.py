@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from cli_helpers import compose_train
-from test_recovery import _cli, _equal_state
 
+from helpers.recovery_runs import cli_train, equal_state
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import train
 
 LEVERS = [
@@ -29,7 +29,7 @@ def test_levers_run_export_z_and_resume_mid_window_bit_equal(tmp_path, tiny_teac
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(compose_train(straight, levers))
     kill = ["+callbacks.kill._target_=recovery_helpers.KillAt", "+callbacks.kill.step=4"]
-    proc = _cli(killed, [*levers, *kill])  # killed after iteration 4; the resume point is iteration 3
+    proc = cli_train(killed, [*levers, *kill])  # killed after iteration 4; the resume point is iteration 3
     assert proc.returncode == -9, proc.stderr[-2000:]
     last = killed / "checkpoints" / "last.ckpt"
     at_kill = torch.load(last, map_location="cpu", weights_only=True)
@@ -41,7 +41,7 @@ def test_levers_run_export_z_and_resume_mid_window_bit_equal(tmp_path, tiny_teac
     assert a["global_step"] == b["global_step"] == 5 and a["hyper_parameters"]["meta"]["inner_steps"] == 2
     diff = []
     for key in ("state_dict", "optimizer_states", "meta_accumulator", "meta_signal", "meta_health"):
-        diff += _equal_state(a[key], b[key], key)
+        diff += equal_state(a[key], b[key], key)
     assert not diff, diff[:5]
     assert a["meta_signal"]["steps"] == 5 and a["optimizer_states"][1]["param_groups"][0]["momentum"] == 0.9
     z_a = torch.load(straight / "meta_signal.pt", weights_only=True)

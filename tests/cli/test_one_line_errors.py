@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import FAST, compose_train
 from hydra import compose, initialize_config_dir
 
-from meta_kd_sr import recovery
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli import config_dir, evaluate, export, prepare, train, upscale
 from meta_kd_sr.cli.run_guard import RunDirGuard
-from meta_kd_sr.console import (
+from meta_kd_sr.data import save_png
+from meta_kd_sr.models import EDSR
+from meta_kd_sr.runtime.console import (
     ALEMBIC_NOTE,
     TORCHVISION_NOTE,
     WEIGHTS_ONLY_NOTE,
@@ -25,8 +26,7 @@ from meta_kd_sr.console import (
     error_line,
     quiet_known_noise,
 )
-from meta_kd_sr.data import save_png
-from meta_kd_sr.models import EDSR
+from meta_kd_sr.training import recovery
 
 
 def _run(monkeypatch, capsys, main, *argv: str) -> str:

@@ -11,26 +11,26 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import pytest
-from cli_helpers import compose_train
-from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import OmegaConf
 
+from helpers.bar_spy import RECORDS
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.prepare import prepare
 from meta_kd_sr.cli.train import train
-from meta_kd_sr.console import Phases, eval_mode_warning, format_outputs, quiet_known_noise
 from meta_kd_sr.data import save_png
 from meta_kd_sr.models import EDSR
-from meta_kd_sr.progress import RichStepProgressBar, StepProgressBar, display_callbacks, step_total
-from meta_kd_sr.recovery import RunRefused, prepare_run_dir
-from meta_kd_sr.teacher import load_teacher
+from meta_kd_sr.runtime.console import Phases, eval_mode_warning, format_outputs, quiet_known_noise
+from meta_kd_sr.training.progress import RichStepProgressBar, StepProgressBar, display_callbacks, step_total
+from meta_kd_sr.training.recovery import RunRefused, prepare_run_dir
+from meta_kd_sr.training.teacher import load_teacher
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 TINY = ["experiment=tiny_sr", "model.n_feats=8", "model.n_blocks=1"]
-BAR = ["trainer.enable_progress_bar=true", "+callbacks.spy._target_=test_progress.BarSpy"]
+BAR = ["trainer.enable_progress_bar=true", "+callbacks.spy._target_=helpers.bar_spy.BarSpy"]
 THREE_STEP_EPOCHS = ["data.batch_size=4", "data.train.samples_per_epoch=12"]
 # a logger, and epochs (1 batch of the train and meta loaders) shorter than the logging interval, which
 # train() lowers to max_steps in a run shorter than it: Lightning's short-epoch warning fires
@@ -40,30 +40,6 @@ LOGGED = [
     "data.train.samples_per_epoch=4",
     "data.meta.samples_per_epoch=4",
 ]
-RECORDS: list[dict] = []  # what BarSpy saw, one entry per hook call
-
-
-def _bar_state(bar: pl.Callback) -> dict:
-    if isinstance(bar, RichProgressBar):
-        task = bar.train_progress_bar
-        return {"n": int(task.completed), "total": task.total}
-    tqdm = bar.train_progress_bar
-    return {"n": tqdm.n, "total": tqdm.total, "initial": tqdm.initial, "postfix": tqdm.postfix}
-
-
-class BarSpy(pl.Callback):
-    """Records the training bar after the bar's own hooks (it is configured after the bar)."""
-
-    def on_train_start(self, trainer: pl.Trainer, *args) -> None:
-        state = _bar_state(trainer.progress_bar_callback)
-        summaries = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, ModelSummary)]
-        RECORDS.append({"hook": "start", "step": trainer.global_step, "summaries": summaries, **state})
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        state = _bar_state(trainer.progress_bar_callback)
-        RECORDS.append(
-            {"hook": "batch", "step": trainer.global_step, "epoch": trainer.current_epoch, **state}
-        )
 
 
 @pytest.fixture

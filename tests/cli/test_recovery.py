@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import FAST, compose_train
 
-from meta_kd_sr import recovery
-from meta_kd_sr.atomic import remove_stale_temporaries
+from helpers.recovery_runs import cli_train, equal_state
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import train
-from meta_kd_sr.module import SRModule
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.runtime import finite
+from meta_kd_sr.runtime.atomic import remove_stale_temporaries
+from meta_kd_sr.training import recovery
+from meta_kd_sr.training.module import SRModule
+from meta_kd_sr.training.recovery import RunRefused
 
 HERE = Path(__file__).parent
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
@@ -31,41 +33,10 @@ RESUMABLE = [
 EPOCH, EVERY, VAL = 16, 5, 12
 
 
-def _cli(output_dir: Path, overrides: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """``meta-kd-sr-train`` in a subprocess with the fast settings; no timeout (a busy machine is slow).
-
-    One intra-op thread, as in this process (conftest): runs in both compute bit-identical floats.
-    """
-    env = {
-        **os.environ,
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(HERE),
-        "OMP_NUM_THREADS": "1",
-        **(env or {}),
-    }
-    args = [sys.executable, "-m", "meta_kd_sr.cli.train", *FAST, f"hydra.run.dir={output_dir}", *overrides]
-    return subprocess.run(args, capture_output=True, text=True, env=env)
-
-
 def _overrides(experiment: str, teacher_ckpt: Path) -> list[str]:
     if experiment == "tiny_sr":
         return ["experiment=tiny_sr", *RESUMABLE]
     return ["experiment=tiny_mkd", f"teacher.ckpt_path={teacher_ckpt}", *TEACHER, *RESUMABLE]
-
-
-def _equal_state(a, b, where: str = "") -> list[str]:
-    """Names of the tensors that differ between two nested checkpoint structures (bit equality)."""
-    if isinstance(a, torch.Tensor):
-        return [] if isinstance(b, torch.Tensor) and torch.equal(a, b) else [where]
-    if isinstance(a, dict):
-        if not isinstance(b, dict) or a.keys() != b.keys():
-            return [where]
-        return [w for k in a for w in _equal_state(a[k], b[k], f"{where}.{k}")]
-    if isinstance(a, list | tuple):
-        if len(a) != len(b):
-            return [where]
-        return [w for i, (x, y) in enumerate(zip(a, b)) for w in _equal_state(x, y, f"{where}[{i}]")]
-    return [] if a == b else [where]
 
 
 @pytest.mark.parametrize("experiment", ["tiny_sr", "tiny_mkd"])
@@ -74,7 +45,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_equal(tmp_path, tiny_teacher_ckpt,
     train(compose_train(tmp_path / "straight", overrides))
     # a random iteration (not the tests' seeded one) that is neither a resume point nor an epoch end
     kill = random.SystemRandom().choice([i for i in range(EVERY + 1, 24) if i % EVERY and i % EPOCH])
-    killed = _cli(
+    killed = cli_train(
         tmp_path / "killed",
         [*overrides, "+callbacks.kill._target_=recovery_helpers.KillAt", f"+callbacks.kill.step={kill}"],
     )
@@ -96,15 +67,15 @@ def test_sigkill_mid_epoch_then_resume_is_bit_equal(tmp_path, tiny_teacher_ckpt,
         assert (
             any(k.startswith("distiller.kd_losses.") for k in keys) and len(straight["optimizer_states"]) == 2
         )
-    diff = _equal_state(straight["state_dict"], resumed["state_dict"], "state_dict")
-    diff += _equal_state(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
-    diff += _equal_state(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
+    diff = equal_state(straight["state_dict"], resumed["state_dict"], "state_dict")
+    diff += equal_state(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    diff += equal_state(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
     assert not diff, f"killed at {kill}, resumed from {at}: differs in {diff[:5]}"
 
 
 def test_nan_run_exits_nonzero_with_nothing_non_finite_on_disk(tmp_path):
     out = tmp_path / "run"
-    proc = _cli(
+    proc = cli_train(
         out,
         [
             "experiment=tiny_sr",
@@ -119,7 +90,7 @@ def test_nan_run_exits_nonzero_with_nothing_non_finite_on_disk(tmp_path):
         r"meta-kd-sr-train: training stopped: train/loss\S* is (nan|inf) at iteration \d+", last
     ), last
     for path in [*out.rglob("*.ckpt"), *out.rglob("*.pt")]:
-        assert recovery.first_non_finite(torch.load(path, map_location="cpu", weights_only=True)) is None, (
+        assert finite.first_nonfinite_name(torch.load(path, map_location="cpu", weights_only=True)) is None, (
             path
         )
     if (out / "eval.json").exists():
@@ -173,7 +144,7 @@ def test_kill_during_a_save_across_filesystems_leaves_a_loadable_last_ckpt(tmp_p
     )
     assert proc.returncode == -9
     saved = torch.load(target, map_location="cpu", weights_only=True)
-    assert not _equal_state(saved["state_dict"], torch.load(good, weights_only=True)["state_dict"])
+    assert not equal_state(saved["state_dict"], torch.load(good, weights_only=True)["state_dict"])
     orphans = list(target.parent.glob(".last.ckpt.*.tmp"))
     assert len(orphans) == 1 and orphans[0].stat().st_size > 0  # the killed write, beside its target
     assert remove_stale_temporaries(target.parent) == orphans  # its process is gone
@@ -219,7 +190,7 @@ def test_reused_run_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
 
 def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     (tmp_path / "eval.json").write_text("{}")
-    proc = _cli(tmp_path, ["experiment=tiny_sr"])
+    proc = cli_train(tmp_path, ["experiment=tiny_sr"])
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("meta-kd-sr-train: error: run dir"), proc.stderr[-2000:]

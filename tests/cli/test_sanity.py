@@ -3,11 +3,10 @@ import json
 import logging
 import sys
 
-from cli_helpers import FAST, compose_train
-
+from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli.train import main, train
 from meta_kd_sr.data import EmbeddedPhotos
-from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
+from meta_kd_sr.training.sanity import below_bicubic, bicubic_psnr
 
 
 def test_bicubic_reference_and_the_warning():

@@ -7,15 +7,15 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from cli_helpers import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import build_module, train
 from meta_kd_sr.cli.wandb_view import config_keys, history_keys, wait_for_finished_run
 from meta_kd_sr.data.transforms import bicubic_downscale
-from meta_kd_sr.metrics import psnr_y
+from meta_kd_sr.evaluation.metrics import psnr_y
 from meta_kd_sr.models.checkpoint import student_from_checkpoint
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]

@@ -17,8 +17,8 @@ from PIL import Image, ImageOps
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.upscale import main, read_input, upscale
 from meta_kd_sr.data import imresize, imresize_uint8, load_photo, read_image, save_png, to_float, to_uint8
-from meta_kd_sr.inference import resolve_device, self_ensemble, tiled_forward
-from meta_kd_sr.metrics import psnr_y
+from meta_kd_sr.evaluation.inference import resolve_device, self_ensemble, tiled_forward
+from meta_kd_sr.evaluation.metrics import psnr_y
 from meta_kd_sr.models import EDSR
 
 BIN = Path(sys.executable).parent

@@ -17,8 +17,8 @@ from PIL import Image
 
 from meta_kd_sr.cli import config_dir, upscale
 from meta_kd_sr.data import load_photo, read_image, save_png
-from meta_kd_sr.inference import tile_setting
-from meta_kd_sr.memory import GB, parse_budget, plan_upscale
+from meta_kd_sr.evaluation.inference import tile_setting
+from meta_kd_sr.evaluation.memory import GB, parse_budget, plan_upscale
 from meta_kd_sr.models import EDSR
 
 CONFIG = {"_target_": "meta_kd_sr.models.EDSR", "scale": 2, "n_feats": 8, "n_blocks": 1}

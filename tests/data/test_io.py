@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from meta_kd_sr.atomic import remove_stale_temporaries
 from meta_kd_sr.data.io import (
     list_images,
     read_image,
@@ -20,6 +19,7 @@ from meta_kd_sr.data.io import (
     to_float,
     to_uint8,
 )
+from meta_kd_sr.runtime.atomic import remove_stale_temporaries
 
 
 def _png16(path: Path, array: np.ndarray) -> Path:

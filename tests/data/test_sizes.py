@@ -14,7 +14,7 @@ from meta_kd_sr.data.datasets import DIV2K, ImageFolderSR
 from meta_kd_sr.data.embedded import EmbeddedPhotos
 from meta_kd_sr.data.io import read_image, to_float
 from meta_kd_sr.data.transforms import bicubic_downscale, crop_to_multiple
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
 
 LR_X4 = "DIV2K_train_LR_bicubic/X4"
 EVAL_X4 = (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_helpers import TEACHER
 from PIL import Image
 
+from helpers.ddp_helpers import TEACHER
 from meta_kd_sr.models import EDSR
 
 # (photo, top, left, height, width): real photo crops; HR sides are multiples of the scale (4).

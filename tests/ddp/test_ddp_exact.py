@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
-from ddp_helpers import load_ranks, run_plan, tiny_overrides
 
+from helpers.ddp_helpers import load_ranks, run_plan, tiny_overrides
 from meta_kd_sr.data import ImageFolderSR
-from meta_kd_sr.metrics import psnr_y
+from meta_kd_sr.evaluation.metrics import psnr_y
 from meta_kd_sr.models import EDSR
 
 # gloo sums over ranks in another order than one process sums over the batch: float32 runs agree to

@@ -1,19 +1,19 @@
-"""meta_kd_sr.ddp in one process: what SRModule hands to DDP, and identities without a process group."""
+"""meta_kd_sr.runtime.ddp in one process: what SRModule hands to DDP; identities without a process group."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
-from ddp_helpers import tiny_overrides
 from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from helpers.ddp_helpers import tiny_overrides
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.train import build_module
-from meta_kd_sr.ddp import all_reduce_mean, broadcast_, exclude_from_ddp, names_under, world_size
-from meta_kd_sr.module import DDP_EXCLUDED
+from meta_kd_sr.runtime.ddp import all_reduce_mean, broadcast_, exclude_from_ddp, names_under, world_size
+from meta_kd_sr.training.module import DDP_EXCLUDED
 
 
 @pytest.fixture()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_helpers import VENV_BIN, load_ranks, run_checked, tiny_overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
 
+from helpers.ddp_helpers import VENV_BIN, load_ranks, run_checked, tiny_overrides
 from meta_kd_sr.cli import config_dir
 
 REPO = Path(__file__).resolve().parents[2]

@@ -39,10 +39,10 @@ def _worker(rank: int, store: str, out: str) -> None:
                 torch.tensor(meta_loss), [torch.full_like(p, scale) for p in params], None, []
             )
             health = MetaHealth(window=2)
-            logs = _krnet_step(params, result, opt, health)
+            step = _krnet_step(params, result, opt, health)
             after = {"krnet": krnet.state_dict(), "adam": opt.state_dict()["state"]}
-            after |= {"drift": logs.get("train/krnet_drift"), "health": health.state_dict()}
-            results[case] = {"skip": float(logs["train/meta_skip"]), "before": before, **after}
+            after |= {"drift": step.logs.get("train/krnet_drift"), "health": health.state_dict()}
+            results[case] = {"skip": float(step.skipped), "before": before, **after}
     finally:
         dist.destroy_process_group()
     torch.save(results, out)

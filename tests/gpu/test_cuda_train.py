@@ -9,7 +9,7 @@ from helpers.run_if import RunIf
 from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.models.checkpoint import read_checkpoint, student_from_checkpoint
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.training.recovery import RunRefused
 
 TEACHER = ["teacher.net.n_feats=16", "teacher.net.n_blocks=2"]
 METHODS = ["none", "output", "fitnet", "at", "fsp", "fakd", "mkd", "mkd_static", "mkd_nocorr", "mkd_frozen"]

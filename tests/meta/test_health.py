@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from meta_setup import tiny_kd_module
 
+from helpers.meta_setup import tiny_kd_module
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.settings import MetaSettings
 

@@ -8,10 +8,10 @@ import re
 
 import pytest
 import torch
-from meta_setup import rel_err, tiny_kd_module
 
-from meta_kd_sr.finite import NonFiniteError
+from helpers.meta_setup import rel_err, tiny_kd_module
 from meta_kd_sr.meta import run_iteration
+from meta_kd_sr.runtime.finite import NonFiniteError
 
 NAN = float("nan")
 

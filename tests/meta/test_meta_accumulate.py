@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from meta_setup import rel_err, tiny_kd_module
 from torch import nn
 
+from helpers.meta_setup import rel_err, tiny_kd_module
 from meta_kd_sr.meta import MetaResult, MetaSettings, PseudoStep, meta_gradient
 from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.iteration import _krnet_step
@@ -170,11 +170,12 @@ def test_a_non_finite_meta_gradient_does_not_enter_the_window() -> None:
     params, phi0 = list(krnet.parameters()), krnets_of(krnet)
     opt, window = torch.optim.SGD(params, lr=1.0), MetaAccumulator(2)
     g1, g2 = ([torch.full_like(p, v) for p in params] for v in (0.5, 0.25))
-    logs = [
+    steps = [
         _krnet_step(params, MetaResult(torch.tensor(1.0), g, None, []), opt, None, window)
         for g in (g1, [torch.full_like(p, NAN) for p in params], g2)
     ]
-    assert [float(x["train/meta_skip"]) for x in logs] == [0.0, 1.0, 0.0]
+    assert [s.skipped for s in steps] == [False, True, False]
+    assert [float(s.logs["train/meta_skip"]) for s in steps] == [0.0, 1.0, 0.0]
     assert all(torch.allclose(p, q - 0.375, rtol=0, atol=1e-7) for p, q in zip(params, phi0))
     assert window.count == 0 and window.sums is None
 

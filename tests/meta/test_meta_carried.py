@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from meta_setup import build_setup, hand_sgd_meta_grad, rel_err
 from torch import nn
 
+from helpers.meta_setup import build_setup, hand_sgd_meta_grad, rel_err
 from meta_kd_sr.distill import Distiller, KRNetLoss
 from meta_kd_sr.meta import PseudoStep, meta_gradient
 from meta_kd_sr.meta.carried import inner_gradient, reached_leaves

@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from meta_setup import build_setup, rel_err
 
+from helpers.meta_setup import build_setup, rel_err
 from meta_kd_sr.meta import PseudoStep, ddp_grad_mean, meta_gradient
 
 

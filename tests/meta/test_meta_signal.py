@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from meta_setup import tiny_kd_module
 
+from helpers.meta_setup import tiny_kd_module
 from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.meta.signal import HALF_NORMAL_MEDIAN, MetaSignal, half_normal_share, summarize_z
 

@@ -9,8 +9,8 @@ import higher
 import pytest
 import torch
 import torch.nn.functional as F
-from meta_setup import build_setup, hand_sgd_meta_grad, inner_grads, meta_loss_grad_at, rel_err
 
+from helpers.meta_setup import build_setup, hand_sgd_meta_grad, inner_grads, meta_loss_grad_at, rel_err
 from meta_kd_sr.meta import PseudoStep, meta_gradient
 
 ENGINES = ("higher", "func", "reference")

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from meta_setup import build_setup, rel_err, tiny_kd_module
 from torch.func import functional_call
 
+from helpers.meta_setup import build_setup, rel_err, tiny_kd_module
 from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
 
 ENGINES = ("higher", "func", "reference")

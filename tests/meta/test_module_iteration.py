@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from meta_setup import rel_err, tiny_kd_module
 
+from helpers.meta_setup import rel_err, tiny_kd_module
 from meta_kd_sr.meta import MetaSettings, PseudoStep, meta_gradient
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from meta_setup import tiny_kd_module
 from torch.utils.data import DataLoader
 
-from meta_kd_sr.finite import NonFiniteError
-from meta_kd_sr.module import SRModule
+from helpers.meta_setup import tiny_kd_module
+from meta_kd_sr.runtime.finite import NonFiniteError
+from meta_kd_sr.training.module import SRModule
 
 NAN = float("nan")
 

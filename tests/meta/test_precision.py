@@ -7,12 +7,12 @@ import sys
 
 import lightning.pytorch as pl
 import pytest
-from meta_setup import tiny_kd_module
 
+from helpers.meta_setup import tiny_kd_module
 from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli.train import train
 from meta_kd_sr.meta.settings import META_PRECISIONS, precision_problem
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.training.recovery import RunRefused
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "16-true", "bf16-true", "transformer-engine"])

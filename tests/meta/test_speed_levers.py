@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from meta_setup import tiny_kd_module
 
+from helpers.meta_setup import tiny_kd_module
 from helpers.train_config import compose_train
 from meta_kd_sr.cli.train import build_module
-from meta_kd_sr.module import SRModule, _channels_last
+from meta_kd_sr.training.module import SRModule, _channels_last
 
 
 def with_levers(module: SRModule, **levers) -> SRModule:

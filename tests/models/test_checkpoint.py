@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from model_helpers import save, tiny_edsr
 from torch import nn
 
 import meta_kd_sr.models as models
+from helpers.model_helpers import save, tiny_edsr
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.models import checkpoint
 from meta_kd_sr.models.checkpoint import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import same_output, save, tiny_edsr, tiny_rcan
 
+from helpers.model_helpers import same_output, save, tiny_edsr, tiny_rcan
 from meta_kd_sr.models.checkpoint import load_pretrained, load_state_dict_any
 
 

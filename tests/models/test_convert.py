@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import same_output, save, tiny_edsr, tiny_rcan
-from official_oracle import BasicEDSR, BasicRCAN, OfficialEDSR, OfficialRCAN
 
+from helpers.model_helpers import same_output, save, tiny_edsr, tiny_rcan
+from helpers.official_oracle import BasicEDSR, BasicRCAN, OfficialEDSR, OfficialRCAN
 from meta_kd_sr.models import EDSR, RCAN, detect_format, load_pretrained, load_state_dict_any
 
 

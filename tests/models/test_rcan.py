@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from official_oracle import OfficialRCAN
 
+from helpers.official_oracle import OfficialRCAN
 from meta_kd_sr.models import RCAN
 
 MEAN = torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1)

@@ -21,10 +21,10 @@ from meta_kd_sr.assets import shipped_teacher
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import score_dataset
 from meta_kd_sr.cli.train import train
-from meta_kd_sr.console import Phases, format_outputs
 from meta_kd_sr.data import EmbeddedPhotos
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
 from meta_kd_sr.models.checkpoint import student_from_checkpoint
+from meta_kd_sr.runtime.console import Phases, format_outputs
 
 COMMON = ["trainer.enable_model_summary=false", "logger=csv"]
 N_PHASES = 4  # teacher, scratch student, MKD student, evaluation

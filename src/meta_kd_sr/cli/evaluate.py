@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -18,14 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import Dataset
 
 from meta_kd_sr.cli import config_dir, hydra_log
-from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data import ImageFolderSR, save_png
-from meta_kd_sr.finite import finite_or_none
-from meta_kd_sr.inference import resolve_device, sr_function, tile_setting
-from meta_kd_sr.metrics import psnr_y, quantize, ssim_y
+from meta_kd_sr.evaluation.inference import resolve_device, sr_function, tile_setting
+from meta_kd_sr.evaluation.metrics import psnr_y, quantize, ssim_y
 from meta_kd_sr.models.checkpoint import load_pretrained, read_checkpoint, student_from_checkpoint
+from meta_kd_sr.runtime.console import format_outputs, one_line_errors
+from meta_kd_sr.runtime.finite import finite_or_none
 
 log = logging.getLogger(__name__)
 SRFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -102,7 +103,8 @@ def _recorded_choice(record: Path, group: str) -> str | None:
     if not record.is_file():
         return None
     try:  # the record is data: one plain string is read, nothing is resolved or instantiated
-        choices = OmegaConf.to_container(OmegaConf.load(record), resolve=False)["hydra"]["runtime"]["choices"]
+        loaded = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(record), resolve=False))
+        choices = loaded["hydra"]["runtime"]["choices"]
         choice = choices[group]
     except Exception:  # a damaged record only loses the method's name
         return None
@@ -125,7 +127,7 @@ def _set_name(hr_dir: Path, taken: dict[str, Any]) -> str:
 @torch.no_grad()
 def score_dataset(
     sr_fn: SRFunction,
-    dataset: Iterable[dict[str, Any]],
+    dataset: Iterable[dict[str, Any]] | Dataset,
     crop_border: int,
     device: torch.device | None = None,
     save_dir: Path | None = None,
@@ -145,7 +147,7 @@ def score_dataset(
         means of the per-image values.
     """
     per_image: dict[str, dict[str, float]] = {}
-    for i, item in enumerate(dataset):
+    for i, item in enumerate(cast(Iterable[dict[str, Any]], dataset)):  # a map-style Dataset iterates too
         gt = item["gt"][None].to(device)
         sr = sr_fn(item["lq"][None].to(device)).clamp(0, 1)
         name = str(item.get("name", i))

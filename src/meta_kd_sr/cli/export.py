@@ -2,8 +2,8 @@
 
 - ``pt``: ``{"state_dict", "config"}`` (:func:`meta_kd_sr.models.checkpoint.save_student`), which
   ``meta-kd-sr-eval``/``meta-kd-sr-upscale`` and ``student_from_checkpoint`` rebuild;
-- ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.inference.SRForward`, a plain ``lq -> sr``
-  module (networks that are not an ``SRNet`` are traced instead);
+- ``torchscript``: ``torch.jit.script`` of :class:`meta_kd_sr.evaluation.inference.SRForward`, a plain
+  ``lq -> sr`` module (networks that are not an ``SRNet`` are traced instead);
 - ``onnx``: ``torch.onnx.export`` (the dynamo exporter, torch's default) of the same module, one
   self-contained file, with dynamic batch, height and width by default.
 
@@ -21,16 +21,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from meta_kd_sr.atomic import atomic_path
-from meta_kd_sr.console import TORCHVISION_NOTE, drop_exact_log, format_outputs, one_line_errors
-from meta_kd_sr.inference import SRForward, resolve_device
+from meta_kd_sr.evaluation.inference import SRForward, resolve_device
 from meta_kd_sr.models import SRNet
 from meta_kd_sr.models.checkpoint import exportable_student, save_student
+from meta_kd_sr.runtime.atomic import atomic_path
+from meta_kd_sr.runtime.console import TORCHVISION_NOTE, drop_exact_log, format_outputs, one_line_errors
 
 FORMATS = ("pt", "torchscript", "onnx")
 DYNAMIC = {"all": {0: "batch", 2: "height", 3: "width"}, "hw": {2: "height", 3: "width"}, "none": None}
@@ -243,7 +243,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
     if not any("=" in a and not a.startswith("-") for a in argv):
         return _legacy_args(argv)
-    pairs = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+    pairs = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(list(argv))))
     unknown = [k for k in pairs if k not in KEYS]
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}: meta-kd-sr-export takes {', '.join(KEYS)}")

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from meta_kd_sr.recovery import RunRefused
+from meta_kd_sr.training.recovery import RunRefused
 
 # Logger class name -> (modules that provide its backend, the extra that installs one).
 OPTIONAL_BACKENDS = {
@@ -73,7 +73,8 @@ class RunIdentity:
 
 
 def _hydra() -> DictConfig | None:
-    return HydraConfig.get() if HydraConfig.initialized() else None
+    # HydraConfig.get() is typed as the HydraConf dataclass; at run time it is a DictConfig
+    return cast(DictConfig, HydraConfig.get()) if HydraConfig.initialized() else None
 
 
 def _method_from_config(cfg: DictConfig) -> str:
@@ -197,4 +198,4 @@ def _resolved(cfg: DictConfig, key: str) -> Any:
         value = cfg[key]
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except Exception:  # e.g. ${hydra:...} without Hydra running, a ??? left open: keep the text
-        return OmegaConf.to_container(cfg, resolve=False)[key]
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))[key]

@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from meta_kd_sr.cli import config_dir, hydra_log
-from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data.prepare import default_lr_dir, generate_lr_folder
+from meta_kd_sr.runtime.console import format_outputs, one_line_errors
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from meta_kd_sr.cli.names import readable_override
-from meta_kd_sr.console import one_line_errors
+from meta_kd_sr.runtime.console import one_line_errors
 
 METRICS = ("psnr_y", "ssim_y")
 # Overrides that do not make a run another setting: its seed and where it writes.

@@ -3,7 +3,7 @@
 Hydra writes ``<run dir>/.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` before the task function
 runs, so a refusal inside ``train`` would already have replaced the record of the run it protects (and
 ``meta-kd-sr-eval`` reads the method from that record). :class:`RunDirGuard` runs the same check as
-:func:`meta_kd_sr.recovery.prepare_run_dir` at ``on_run_start``, before the record is written.
+:func:`meta_kd_sr.training.recovery.prepare_run_dir` at ``on_run_start``, before the record is written.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from meta_kd_sr.console import one_line_errors
-from meta_kd_sr.recovery import check_run_dir
+from meta_kd_sr.runtime.console import one_line_errors
+from meta_kd_sr.training.recovery import check_run_dir
 
 
 class RunDirGuard(Callback):

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
@@ -15,18 +16,26 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import evaluate
 from meta_kd_sr.cli.loggers import build_loggers, run_config
-from meta_kd_sr.console import ALEMBIC_NOTE, drop_exact_log, one_line_errors, quiet_known_noise, run_outputs
-from meta_kd_sr.finite import NonFiniteError, finite_or_none
+from meta_kd_sr.evaluation.summary import RunSummary, validation_psnr
 from meta_kd_sr.meta.settings import precision_problem
 from meta_kd_sr.models.checkpoint import export_student
-from meta_kd_sr.module import SRModule
-from meta_kd_sr.progress import display_callbacks
-from meta_kd_sr.projection import ProjectedTime
-from meta_kd_sr.recovery import (
+from meta_kd_sr.runtime.console import (
+    ALEMBIC_NOTE,
+    drop_exact_log,
+    one_line_errors,
+    quiet_known_noise,
+    run_outputs,
+)
+from meta_kd_sr.runtime.finite import NonFiniteError, finite_or_none
+from meta_kd_sr.training.module import SRModule
+from meta_kd_sr.training.progress import display_callbacks
+from meta_kd_sr.training.projection import ProjectedTime
+from meta_kd_sr.training.recovery import (
     AtomicCheckpointIO,
     RunRefused,
     RunSettings,
@@ -36,9 +45,8 @@ from meta_kd_sr.recovery import (
     prepare_run_dir,
     weights_fingerprint,
 )
-from meta_kd_sr.sanity import below_bicubic, bicubic_psnr
-from meta_kd_sr.summary import RunSummary, validation_psnr
-from meta_kd_sr.teacher import MISSING_TEACHER, load_teacher
+from meta_kd_sr.training.sanity import below_bicubic, bicubic_psnr
+from meta_kd_sr.training.teacher import MISSING_TEACHER, load_teacher
 
 log = logging.getLogger(__name__)
 drop_exact_log(*ALEMBIC_NOTE)  # before Hydra starts an Optuna sweeper, which imports alembic
@@ -56,8 +64,8 @@ def build_module(cfg: DictConfig) -> SRModule:
         )
     distiller = instantiate(
         cfg.distill,
-        student_channels=dict(student.feature_channels),
-        teacher_channels=dict(teacher.feature_channels) if teacher is not None else None,
+        student_channels=_channels(student),
+        teacher_channels=_channels(teacher) if teacher is not None else None,
     )
     return SRModule(
         student=student,
@@ -65,14 +73,24 @@ def build_module(cfg: DictConfig) -> SRModule:
         distiller=distiller,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        meta=OmegaConf.to_container(cfg.meta, resolve=True),
+        meta=_container(cfg.meta),
         scale=cfg.scale,
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
         **{name: bool(on) for name, on in (cfg.get("speed") or {}).items()},  # channels_last, compile_*
-        student_config=OmegaConf.to_container(cfg.model, resolve=True),
+        student_config=_container(cfg.model),
         teacher_config=_teacher_config(cfg, teacher),
     )
+
+
+def _channels(net: nn.Module) -> dict[str, int]:
+    """``net.feature_channels``: the width of each feature position of an SR network."""
+    return dict(cast(Mapping[str, int], net.feature_channels))
+
+
+def _container(cfg: Any) -> dict[str, Any]:
+    """A config node as a plain dict, interpolations resolved."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
 
 def _teacher_config(cfg: DictConfig, teacher: Any) -> dict[str, Any] | None:
@@ -80,7 +98,7 @@ def _teacher_config(cfg: DictConfig, teacher: Any) -> dict[str, Any] | None:
     if teacher is None:
         return None
     return {
-        **OmegaConf.to_container(cfg.teacher, resolve=True),
+        **_container(cfg.teacher),
         "weights_sha256": weights_fingerprint(teacher),
     }
 
@@ -221,13 +239,12 @@ def _evaluate_benchmarks(cfg: DictConfig, student_path: str) -> dict[str, Any] |
     if not hr_dirs:
         return None
     # eval.yaml's defaults (the meta-kd-sr-eval command), with this run's settings
-    eval_cfg = OmegaConf.load(Path(config_dir()) / "eval.yaml")
+    eval_cfg = cast(DictConfig, OmegaConf.load(Path(config_dir()) / "eval.yaml"))
     for key in ("defaults", "hydra"):
         eval_cfg.pop(key, None)
     overrides = {"ckpt_path": student_path, "scale": cfg.scale, "hr_dirs": list(hr_dirs), "model": None}
     overrides |= {"self_ensemble": cfg.evaluation.self_ensemble, "tile": cfg.val.tile}
-    eval_cfg = OmegaConf.merge(eval_cfg, overrides)
-    return evaluate(eval_cfg)
+    return evaluate(cast(DictConfig, OmegaConf.merge(eval_cfg, overrides)))
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -246,7 +263,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def resolved_yaml(cfg: DictConfig) -> str:
     """The run's config as YAML, interpolations resolved (as written unresolvable), without ``hydra``."""
-    shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    shown = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     try:
         return OmegaConf.to_yaml(shown, resolve=True)
     except Exception:  # an interpolation that only fails later is reported where it is used

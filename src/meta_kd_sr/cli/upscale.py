@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -20,13 +20,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
-from meta_kd_sr.atomic import atomic_path
 from meta_kd_sr.cli import config_dir
 from meta_kd_sr.cli.evaluate import load_network
-from meta_kd_sr.console import format_outputs, one_line_errors
 from meta_kd_sr.data.io import IMAGE_EXTENSIONS, read_image, save_png, to_float, to_uint8
-from meta_kd_sr.inference import resolve_device, sr_function, tile_setting
-from meta_kd_sr.memory import (
+from meta_kd_sr.evaluation.inference import resolve_device, sr_function, tile_setting
+from meta_kd_sr.evaluation.memory import (
     AUTO_FRACTION,
     GB,
     Plan,
@@ -36,6 +34,8 @@ from meta_kd_sr.memory import (
     plan_upscale,
     tiled_uint8,
 )
+from meta_kd_sr.runtime.atomic import atomic_path
+from meta_kd_sr.runtime.console import format_outputs, one_line_errors
 
 GRAY_MODES = ("1", "L", "LA", "La")
 Jobs = list[tuple[Path, Path]]
@@ -201,7 +201,7 @@ def upscaler(
     def run(lq: torch.Tensor, plan: Plan) -> torch.Tensor:
         if plan.stream:  # tile by tile into a uint8 output: no float HR buffer
             return tiled_uint8(
-                sr_function(net, scale, None, overlap, ensemble), lq, scale, plan.tile, overlap
+                sr_function(net, scale, None, overlap, ensemble), lq, scale, cast(int, plan.tile), overlap
             )
         return to_uint8(sr_function(net, scale, plan.tile, overlap, ensemble)(lq).clamp(0, 1)[0]).cpu()
 

@@ -12,6 +12,9 @@ the file, so this reads its framing: a 7-byte header, then LevelDB-log chunks (c
 32 KiB blocks; a record split across blocks comes as FIRST, MIDDLE..., LAST chunks.
 """
 
+# wandb_internal_pb2 is generated protobuf code: its message classes are not visible to a static checker.
+# pyright: reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 import json

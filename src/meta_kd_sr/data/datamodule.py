@@ -16,7 +16,7 @@ checkpoints, so a run resumed mid-epoch continues with the batches it had not tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -26,6 +26,14 @@ from meta_kd_sr.data.samplers import ResumableLoader, ShardedEvalSampler, TrainS
 DatasetSource = Dataset | Callable[[], Dataset] | None
 SPLITS = ("train", "meta", "val", "test")
 _STAGE_SPLITS = {"fit": ("train", "meta", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+class SizedDataset(Protocol):
+    """What the loaders need of a dataset: a length and items by index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> Any: ...
 
 
 class SRDataModule(LightningDataModule):
@@ -76,7 +84,7 @@ class SRDataModule(LightningDataModule):
         if train is None:
             raise ValueError("SRDataModule needs a train dataset (or factory)")
         self._sources: dict[str, DatasetSource] = {"train": train, "meta": meta, "val": val, "test": test}
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, SizedDataset] = {}
         self.batch_size, self.batch_size_is_global = batch_size, batch_size_is_global
         self.meta_batch_size = meta_batch_size
         self.val_batch_size, self.num_workers, self.seed = val_batch_size, num_workers, seed
@@ -121,7 +129,7 @@ class SRDataModule(LightningDataModule):
             raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
         return self._sources[split] is not None
 
-    def dataset(self, split: str) -> Dataset | None:
+    def dataset(self, split: str) -> SizedDataset | None:
         """The dataset of ``split`` (train, meta, val, test), built from its factory on first use."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
@@ -134,28 +142,31 @@ class SRDataModule(LightningDataModule):
                 raise ValueError(
                     f"{split} must be a Dataset or a zero-argument factory, got {type(source).__name__}"
                 )
-            self._datasets[split] = source if is_dataset else source()
+            built = source if is_dataset else cast(Callable[[], Any], source)()
+            self._datasets[split] = cast(SizedDataset, built)
         return self._datasets[split]
 
     def prepare_data(self) -> None:
         """Generate missing files (LR PNGs, decoded caches) once; Lightning calls this on rank 0 only."""
         for split in SPLITS:
             dataset = self.dataset(split)
-            if callable(getattr(dataset, "prepare", None)):
-                dataset.prepare()
+            prepare = getattr(dataset, "prepare", None)
+            if callable(prepare):
+                prepare()
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` (all when ``None``), check the meta split, preload RAM caches."""
         splits = SPLITS if stage is None else _STAGE_SPLITS.get(stage, SPLITS)
         built = {s: self.dataset(s) for s in splits}
         if built.get("train") is not None and built.get("meta") is not None:
-            check_disjoint(built["train"], built["meta"])
+            check_disjoint(cast(Dataset, built["train"]), cast(Dataset, built["meta"]))
         for split, dataset in built.items():
-            if dataset is not None and callable(getattr(dataset, "preload", None)):
+            preload = getattr(dataset, "preload", None)
+            if dataset is not None and callable(preload):
                 shard = (
                     None if split in ("train", "meta") else ShardedEvalSampler(len(dataset), *self._shard())
                 )
-                dataset.preload(None if shard is None else list(shard))
+                preload(None if shard is None else list(shard))
 
     def _shard(self) -> tuple[int, int]:
         return self.world_size, self.global_rank
@@ -179,6 +190,8 @@ class SRDataModule(LightningDataModule):
 
     def _train_loader(self, split: str, stream: int) -> DataLoader:
         dataset = self.dataset(split)
+        if dataset is None:
+            raise ValueError(f"no {split} dataset: set data.{split}")
         batch = self.per_device_meta_batch_size if split == "meta" else self.per_device_batch_size
         sampler = TrainSampler(len(dataset), *self._shard(), seed=self.seed, stream=stream)
         if len(sampler) < batch:
@@ -195,7 +208,10 @@ class SRDataModule(LightningDataModule):
         if dataset is None:
             return []
         sampler = ShardedEvalSampler(len(dataset), *self._shard())
-        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs())
+        loader_set = cast(Dataset, dataset)
+        return DataLoader(
+            loader_set, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs()
+        )
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {

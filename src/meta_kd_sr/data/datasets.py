@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from meta_kd_sr.data.io import IMAGE_EXTENSIONS, list_images
 from meta_kd_sr.data.paired import ImageRecord, PairedImageDataset
@@ -117,7 +118,8 @@ def _div2k_folders(root: Path, scale: int, hr_subdir: str, lr_subdir: str | None
     if lr_dir is None:
         raise ValueError(f"DIV2K hr_subdir {hr_subdir!r} has no official LR folder: give lr_subdir")
     others = [root / h for h in DIV2K_FOLDERS if h != hr_subdir] if hr_subdir in DIV2K_FOLDERS else []
-    return [(hr_dir, lr_dir)] + [(h, lr_dir_for(h, scale)) for h in others]
+    # every DIV2K folder has its official LR folder
+    return [(hr_dir, lr_dir)] + [(h, cast(Path, lr_dir_for(h, scale))) for h in others]
 
 
 def _div2k_records(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.runtime.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -76,7 +77,8 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def _check_8bit(im: Image.Image, path: Path) -> None:
     # PIL silently truncates 48/64-bit PNGs to 8-bit RGB(A); their raw mode still says ";16".
-    raw_modes = " ".join(str(tile[3]) for tile in (im.tile or []) if len(tile) > 3)
+    tiles = getattr(im, "tile", None) or []  # the decoder tiles of a file not yet loaded (not in PIL's stubs)
+    raw_modes = " ".join(str(tile[3]) for tile in tiles if len(tile) > 3)
     if im.mode.startswith(("I", "F")) or ";16" in raw_modes:
         raise ValueError(
             f"{path}: only 8-bit images are supported (got mode {im.mode} {raw_modes}); "
@@ -89,7 +91,7 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in _ALPHA_MODES:
         im = im.convert("RGBA")
-        alpha_min, _ = im.getchannel("A").getextrema()
+        alpha_min = cast(int, im.getchannel("A").getextrema()[0])  # one band: (min, max)
         if alpha_min < 255:
             raise ValueError(f"{path} has transparency (alpha < 255); only opaque images are supported")
     if im.mode not in _TO_RGB_MODES and im.mode != "RGBA":

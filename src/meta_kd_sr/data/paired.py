@@ -135,7 +135,7 @@ class PairedImageDataset(Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._mmaps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        lq_patch = patch_size // self.scale if self.train else None
+        lq_patch = patch_size // self.scale if self.train and patch_size is not None else None
         check_image_sizes([self._image_size(i) for i in range(len(self.records))], self.scale, lq_patch)
 
     @property
@@ -208,11 +208,11 @@ class PairedImageDataset(Dataset):
         record = self.records[img]
         lr_file = record.existing_lr()
         lr = read_image_size(lr_file) if lr_file is not None else None
-        return ImageSize(str(record.hr_path), read_image_size(record.hr_path), lr_file, lr)
+        return ImageSize(str(record.hr_path), read_image_size(_hr_file(record)), lr_file, lr)
 
     def _read_hr(self, img: int) -> torch.Tensor:
         """HR pixels of image ``img``: (3, H, W) uint8 (subclasses without files override this)."""
-        return read_image(self.records[img].hr_path)
+        return read_image(_hr_file(self.records[img]))
 
     def _read_gt(self, img: int) -> torch.Tensor:
         return crop_to_multiple(self._read_hr(img), self.scale).contiguous()
@@ -244,6 +244,8 @@ class PairedImageDataset(Dataset):
         return self._decode_pair(img)
 
     def _train_patch(self, img: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.patch_size is None:
+            raise ValueError("training patches need patch_size")
         p, s, name = self.patch_size // self.scale, self.scale, self.records[img].name
         if self.cache != "npy":
             lq, gt = self._full_pair(img)
@@ -261,6 +263,8 @@ class PairedImageDataset(Dataset):
         record = self.records[img]
         source = f"{record.hr_path}|{record.lr_paths}|{record.lr_target}|x{self.scale}"
         digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+        if self.cache_dir is None:
+            raise ValueError("cache='npy' needs cache_dir")
         folder = self.cache_dir / "npy"
         return folder / f"{record.name}-{digest}-lq.npy", folder / f"{record.name}-{digest}-gt.npy"
 
@@ -290,3 +294,10 @@ class PairedImageDataset(Dataset):
 def _to_chw(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 array (possibly a read-only memory map) -> (3, H, W) uint8 tensor (a copy)."""
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))
+
+
+def _hr_file(record: ImageRecord) -> Path:
+    """The HR file of ``record``; a record without one belongs to a dataset that overrides the readers."""
+    if record.hr_path is None:
+        raise ValueError(f"image {record.name!r} has no HR file: its dataset must supply the HR pixels")
+    return record.hr_path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from meta_kd_sr.atomic import remove_stale_temporaries
 from meta_kd_sr.data.datasets import lr_dir_for
 from meta_kd_sr.data.io import (
     list_images,
@@ -15,6 +14,7 @@ from meta_kd_sr.data.io import (
 )
 from meta_kd_sr.data.sizes import ImageSize, check_downscalable
 from meta_kd_sr.data.transforms import bicubic_downscale, check_scale, crop_to_multiple
+from meta_kd_sr.runtime.atomic import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,18 @@ even when a Trainer is left at ``use_distributed_sampler=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from meta_kd_sr.data.paired import SampleKey, seeded_generator
+
+
+def _indices(n: int) -> Dataset[int]:
+    """``range(n)`` as the dataset a ``DistributedSampler`` shards (it only takes its length)."""
+    return cast("Dataset[int]", range(n))
 
 
 class TrainSampler(DistributedSampler):
@@ -42,7 +47,12 @@ class TrainSampler(DistributedSampler):
         if seed < 0 or stream < 0:
             raise ValueError(f"seed and stream must be >= 0, got seed={seed}, stream={stream}")
         super().__init__(
-            range(dataset_len), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+            _indices(dataset_len),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
         )
         self.stream = stream
         self._skip = 0
@@ -56,7 +66,9 @@ class TrainSampler(DistributedSampler):
     def __iter__(self) -> Iterator[SampleKey]:
         skip, self._skip = self._skip, 0
         generator = seeded_generator(self.seed, self.stream, self.epoch)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()[: self.total_size]
+        order = torch.randperm(len(cast(Sized, self.dataset)), generator=generator).tolist()[
+            : self.total_size
+        ]
         for index in order[self.rank :: self.num_replicas][skip:]:
             yield SampleKey(index, self.epoch, self.seed, self.stream)
 
@@ -77,11 +89,13 @@ class ResumableLoader(DataLoader):
             raise ValueError("ResumableLoader needs a TrainSampler, a batch_size and drop_last=True")
         self._served = 0  # batches handed out by the current pass
         self._restored: dict[str, int] | None = None
+        self.train_sampler: TrainSampler = self.sampler  # the same object, typed
+        self.items_per_batch: int = self.batch_size
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: its body runs at the first batch, after Lightning's set_epoch for this epoch.
         skip = self._take_restored_position()
-        self.sampler.skip_next(skip * self.batch_size)
+        self.train_sampler.skip_next(skip * self.items_per_batch)
         self._served = skip
         for batch in super().__iter__():
             self._served += 1
@@ -89,22 +103,22 @@ class ResumableLoader(DataLoader):
 
     def _take_restored_position(self) -> int:
         state, self._restored = self._restored, None
-        if state is None or state["epoch"] != self.sampler.epoch:
+        if state is None or state["epoch"] != self.train_sampler.epoch:
             return 0  # a fresh run, or the checkpoint closed its epoch and this is the next one
         return state["batches"] % len(self)  # a whole pass done: a shorter loader cycling starts again
 
     def state_dict(self) -> dict[str, int]:
         """The position of this loader: epoch, batches served in this pass, and the shapes that fix it."""
         return {
-            "epoch": int(self.sampler.epoch),
+            "epoch": int(self.train_sampler.epoch),
             "batches": self._served,
-            "batch_size": int(self.batch_size),
-            "items_per_rank": len(self.sampler),
+            "batch_size": int(self.items_per_batch),
+            "items_per_rank": len(self.train_sampler),
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at ``state``; refuses a checkpoint whose batches or data differ from this loader's."""
-        mine = {"batch_size": int(self.batch_size), "items_per_rank": len(self.sampler)}
+        mine = {"batch_size": int(self.items_per_batch), "items_per_rank": len(self.train_sampler)}
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
             raise ValueError(
@@ -130,7 +144,7 @@ class ShardedEvalSampler(DistributedSampler):
         _check_shard(num_replicas, rank)
         if dataset_len < 0:
             raise ValueError(f"dataset_len must be >= 0, got {dataset_len}")
-        super().__init__(range(dataset_len), num_replicas=num_replicas, rank=rank, shuffle=False)
+        super().__init__(_indices(dataset_len), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.total_size = dataset_len
         self.num_samples = len(range(rank, dataset_len, num_replicas))
 

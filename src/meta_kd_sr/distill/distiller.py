@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meta_kd_sr.distill.kdloss import KDLoss, loss_class
+from meta_kd_sr.distill.kdloss import loss_class
 from meta_kd_sr.distill.losses import output_loss
 
 
@@ -71,7 +71,9 @@ class Distiller(nn.Module):
         for name, mapping in (("student_channels", student_channels), ("teacher_channels", teacher_channels)):
             missing = [p for p in self.positions if mapping is not None and p not in mapping]
             if missing:
-                raise ValueError(f"{name} has no entry for positions {missing}; it has {sorted(mapping)}")
+                raise ValueError(
+                    f"{name} has no entry for positions {missing}; it has {sorted(mapping or {})}"
+                )
         if output_weight < 0 or rec_weight < 0 or kd_weight < 0:
             raise ValueError(
                 f"loss weights must be >= 0, got rec {rec_weight}, output {output_weight}, kd {kd_weight}"
@@ -90,7 +92,7 @@ class Distiller(nn.Module):
 
     def _build_losses(
         self,
-        factory: Callable[..., KDLoss],
+        factory: Callable[..., nn.Module],
         student_channels: Mapping[str, int] | None,
         teacher_channels: Mapping[str, int] | None,
     ) -> None:
@@ -114,8 +116,10 @@ class Distiller(nn.Module):
         if not self.meta_learn:
             self.kd_losses.requires_grad_(False)
         for pos, (c_t, c_s) in widths.items():
-            adapt = self.needs_adapter and c_s is not None and c_t is not None and c_s != c_t
-            self.adapters[pos] = nn.Conv2d(c_s, c_t, kernel_size=1) if adapt else nn.Identity()
+            if self.needs_adapter and c_s is not None and c_t is not None and c_s != c_t:
+                self.adapters[pos] = nn.Conv2d(c_s, c_t, kernel_size=1)
+            else:
+                self.adapters[pos] = nn.Identity()
 
     def _check_position_weights(self, position_weights: Sequence[float] | None) -> tuple[float, ...]:
         if position_weights is None:

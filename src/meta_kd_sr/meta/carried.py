@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.profiler import record_function
 
+from meta_kd_sr.meta.outputs import StudentOutputs
 from meta_kd_sr.models.blocks import accepts_features_only
 
-StudentOut = tuple[Tensor, dict[str, Tensor]]
+StudentOut = StudentOutputs
 InnerLoss = Callable[[Tensor, dict[str, Tensor]], Tensor]
 SR_KEY = "sr"  # the SR image among the flattened outputs; feature keys follow in the student's order
 
@@ -67,7 +68,7 @@ def _flatten(out: object) -> list[tuple[str, Tensor]]:
 
 def _unflatten(keys: Sequence[str], tensors: Sequence[Tensor]) -> StudentOut:
     """``(sr, feats)`` back from the flattened outputs (``"sr"`` first)."""
-    return tensors[0], dict(zip(keys[1:], tensors[1:]))
+    return StudentOutputs(tensors[0], dict(zip(keys[1:], tensors[1:])))
 
 
 @dataclass
@@ -113,11 +114,11 @@ class InnerGradient:
         named = dict(out) if features_only else dict(_flatten(out))
         return [named[k] for k in self.carried]
 
-    def jvp(self, tangents: Sequence[Tensor]) -> list[Tensor]:
+    def jvp(self, tangents: Sequence[Tensor]) -> list[Tensor | None]:
         """J w: the carried outputs' derivatives along ``tangents`` (one per reached parameter)."""
         return self.jvp_and_trunk(tangents)[0]
 
-    def jvp_and_trunk(self, tangents: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def jvp_and_trunk(self, tangents: Sequence[Tensor]) -> tuple[list[Tensor | None], list[Tensor]]:
         """J w by one forward-mode pass (dual numbers, no graph of the tangents), and what it recorded.
 
         Returns:
@@ -162,8 +163,9 @@ class InnerGradient:
             reached = [self.params[i] for i in self.reached]
             extra = torch.autograd.grad(outs, reached, grad_outputs=deltas, allow_unused=True)
         for i, e in zip(self.reached, extra):
+            old = grads[i]
             if e is not None:
-                grads[i] = e if grads[i] is None else grads[i] + e
+                grads[i] = e if old is None else old + e
         return grads
 
 
@@ -176,9 +178,10 @@ class _Carried(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inner: InnerGradient, trunk: list, *carried_grads: Tensor) -> tuple[Tensor, ...]:  # noqa: ARG004
+    def forward(ctx, inner: InnerGradient, trunk: list[Tensor], *carried_grads: Tensor) -> tuple[Tensor, ...]:  # noqa: ARG004
         ctx.inner, ctx.trunk = inner, trunk
-        return tuple(inner.value[i].clone() for i in inner.reached)
+        # reached holds only the indices of parameters with a gradient value (see inner_gradient)
+        return tuple(v.clone() for v in (inner.value[i] for i in inner.reached) if v is not None)
 
     @staticmethod
     def backward(ctx, *w: Tensor) -> tuple[None, ...]:
@@ -191,7 +194,7 @@ def inner_gradient(
     inner_loss: InnerLoss,
     lq: Tensor,
     params: list[tuple[str, Tensor]],
-    meta_params,
+    meta_params: Iterable[Tensor],
     outputs: StudentOut | None = None,
     trunk: list[Tensor] | None = None,
 ) -> tuple[InnerGradient, list[Tensor | None]]:
@@ -212,9 +215,9 @@ def inner_gradient(
         node), constants (detached) where phi cannot change them, None where the loss does not reach.
     """
     names, tensors = [n for n, _ in params], [p for _, p in params]
-    outputs = _flatten(student(lq, return_feats=True) if outputs is None else outputs)
-    keys = [k for k, _ in outputs]
-    leaves = [t.detach().requires_grad_() for _, t in outputs]
+    flat = _flatten(student(lq, return_feats=True) if outputs is None else outputs)
+    keys = [k for k, _ in flat]
+    leaves = [t.detach().requires_grad_() for _, t in flat]
     loss = inner_loss(*_unflatten(keys, leaves))
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError(f"inner_loss must return a scalar tensor, got {type(loss).__name__}")
@@ -227,10 +230,10 @@ def inner_gradient(
     grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
     phi = {id(p) for p in meta_params}
     # outputs without a graph (e.g. behind frozen layers) move no parameter
-    live = [g is not None and t.requires_grad for (_, t), g in zip(outputs, grads)]
+    live = [g is not None and t.requires_grad for (_, t), g in zip(flat, grads)]
     carried = [k for k, g, ok in zip(keys, grads, live) if ok and reached_leaves([g]) & phi]
-    used = [(t, g.detach()) for (_, t), g, ok in zip(outputs, grads, live) if ok]
-    carried_out = [t for (k, t) in outputs if k in carried]
+    used = [(t, g.detach()) for (_, t), g, ok in zip(flat, grads, live) if ok]
+    carried_out = [t for (k, t) in flat if k in carried]
     reach = reached_leaves(carried_out)
     value = (
         list(torch.autograd.grad([t for t, _ in used], tensors, [g for _, g in used], allow_unused=True))
@@ -243,7 +246,7 @@ def inner_gradient(
         names=names,
         params=tensors,
         value=[None if v is None else v.detach() for v in value],
-        outputs=[(k, t.detach()) for k, t in outputs],
+        outputs=[(k, t.detach()) for k, t in flat],
         output_grads=[None if g is None else g.detach() for g in grads],
         carried=carried,
         reached=[i for i, p in enumerate(tensors) if id(p) in reach and value[i] is not None],

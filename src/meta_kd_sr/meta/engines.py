@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import higher
 import torch
@@ -46,7 +47,7 @@ class ParamStep:
     """
 
     name: str
-    param: nn.Parameter
+    param: Tensor
     lr: float
     adam: dict | None = None
 
@@ -118,7 +119,9 @@ def unroll_fast(
     grad_reduce: GradReduce | None,
 ) -> None:
     """The steps after the first: theta_(k+1) = theta_k - step(grad inner_loss(theta_k)), graph kept."""
-    for _ in range(0 if unroll is None else unroll.steps):
+    if unroll is None:
+        return
+    for _ in range(unroll.steps):
         out = functional_call(student, fast, (unroll.lq,), {"return_feats": True})
         current = [fast[s.name] for s in steps]
         grads = torch.autograd.grad(unroll.inner_loss(*out), current, create_graph=True, allow_unused=True)
@@ -145,7 +148,7 @@ def run_func(
         meta_loss_fn: ``(sr, gt) -> scalar``.
         unroll: the pseudo steps after the first (K > 1), or None (one step).
     """
-    fast = dict(student.named_parameters())
+    fast: dict[str, Tensor] = dict(student.named_parameters())
     step_fast(fast, steps, grads, grad_reduce)
     unroll_fast(student, fast, steps, unroll, grad_reduce)
     meta_lq, meta_gt = meta_input
@@ -162,21 +165,22 @@ def _diff_optimizer_source(steps: list[ParamStep]) -> torch.optim.Optimizer:
     if steps[0].adam is None:
         return torch.optim.SGD([{"params": [s.param], "lr": s.lr} for s in steps], lr=steps[0].lr)
     groups = []
-    for s in steps:
-        t = s.adam["step"] + 1
-        eps = s.adam["eps"] * math.sqrt(1 - s.adam["betas"][1] ** t)
+    adams = [s.adam or {} for s in steps]  # every step is an Adam step when the first one is
+    for s, adam in zip(steps, adams):
+        t = adam["step"] + 1
+        eps = adam["eps"] * math.sqrt(1 - adam["betas"][1] ** t)
         groups.append(
             {
                 "params": [s.param],
                 "lr": s.lr,
-                "betas": s.adam["betas"],
+                "betas": adam["betas"],
                 "eps": eps,
-                "weight_decay": s.adam["weight_decay"],
+                "weight_decay": adam["weight_decay"],
             }
         )
     opt = torch.optim.Adam(groups)
-    for s in steps:
-        opt.state[s.param] = {k: s.adam[k] for k in ("step", "exp_avg", "exp_avg_sq")}
+    for s, adam in zip(steps, adams):
+        opt.state[s.param] = {k: adam[k] for k in ("step", "exp_avg", "exp_avg_sq")}
     return opt
 
 
@@ -200,9 +204,9 @@ def run_higher(
     index = [position[id(s.param)] for s in steps]
     params = [s.param for s in steps]
 
-    def callback(all_grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+    def callback(all_grads: list[Tensor]) -> list[Tensor]:
         # higher passes one entry per student parameter (None for frozen ones): reduce the trainable ones.
-        out = list(all_grads)
+        out: list[Any] = list(all_grads)
         for i, g in zip(index, reduce_grads([all_grads[i] for i in index], params, grad_reduce)):
             out[i] = g
         return out
@@ -213,10 +217,11 @@ def run_higher(
         diffopt,
     ):
         fast = list(fmodel.parameters())
-        surrogate = sum((fast[i] * g).sum() for i, g in zip(index, grads) if g is not None)
+        surrogate = cast(Tensor, sum((fast[i] * g).sum() for i, g in zip(index, grads) if g is not None))
         diffopt.step(surrogate, grad_callback=callback)
-        for _ in range(0 if unroll is None else unroll.steps):
-            diffopt.step(unroll.inner_loss(*fmodel(unroll.lq, return_feats=True)), grad_callback=callback)
+        if unroll is not None:
+            for _ in range(unroll.steps):
+                diffopt.step(unroll.inner_loss(*fmodel(unroll.lq, return_feats=True)), grad_callback=callback)
         meta_lq, meta_gt = meta_input
         sr_meta = fmodel(meta_lq)
     return meta_loss_fn(sr_meta, meta_gt)

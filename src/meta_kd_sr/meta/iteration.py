@@ -22,7 +22,7 @@ kept on an object):
    recorded; empty for the reference engine).
 3. KRNet step: the meta-gradients (and the meta loss) averaged across ranks; a non-finite one is dropped
    (KRNets, their optimizer state, the accumulation window and the whole-run signal untouched;
-   ``train/meta_skip`` is 1). A finite one feeds the whole-run signal (``meta.signal``) and the accumulation
+   ``KRNetStep.skipped``). A finite one feeds the whole-run signal (``meta.signal``) and the accumulation
    window (``meta.accumulate``); when the window is full (every meta step for M = 1), its mean drives one step
    of the raw KRNet optimizer -> phi' (else phi' = phi).
 4. Real student step at phi': loss terms on ``inner``'s outputs with ``prepared`` (no student forward),
@@ -38,7 +38,7 @@ to the float32 one was 0.9995-0.9998 (3 seeds, engine "higher"; ``tests/meta/tes
 for every engine). The one bf16 loss is the kernels' zero mean (the texture constraint): a bf16 kernel of 9
 taps keeps a DC leak of about 0.4 % of its norm, far below what changes the meta-gradient.
 
-Non-finite values follow :mod:`meta_kd_sr.finite`: a bad loss term or student gradient raises
+Non-finite values follow :mod:`meta_kd_sr.runtime.finite`: a bad loss term or student gradient raises
 ``NonFiniteError`` before any step; every rank sees the same reduced gradients, so all decide alike.
 """
 
@@ -52,17 +52,23 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from meta_kd_sr.ddp import all_reduce_mean, world_size
 from meta_kd_sr.distill import Distiller
-from meta_kd_sr.finite import check_grads, check_terms, first_nonfinite
 from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
+from meta_kd_sr.meta.outputs import (
+    AnyOptimizer,
+    IterationResult,
+    KRNetStep,
+    Logs,
+    StudentOutputs,
+    TeacherOutputs,
+    Terms,
+)
 from meta_kd_sr.meta.settings import MetaSettings
 from meta_kd_sr.meta.signal import MetaSignal
 from meta_kd_sr.meta.step import MetaResult, ddp_grad_mean, meta_gradient, unwrap_optimizer
-
-TeacherOut = tuple[Tensor | None, Mapping[str, Tensor] | None]
-Terms = dict[str, Tensor]
+from meta_kd_sr.runtime.ddp import all_reduce_mean, world_size
+from meta_kd_sr.runtime.finite import check_grads, check_terms, first_nonfinite_index
 
 
 def train_part(batch: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -86,24 +92,25 @@ def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def run_iteration(
     student: nn.Module,
     distiller: Distiller,
-    teacher_out: TeacherOut,
+    teacher_out: TeacherOutputs,
     batch: Mapping[str, Any],
-    opt_student: Any,
-    opt_krnet: Any | None,
+    opt_student: AnyOptimizer,
+    opt_krnet: AnyOptimizer | None,
     settings: MetaSettings,
     *,
-    backward: Callable[[Tensor], Any] = Tensor.backward,
+    backward: Callable[[Tensor], object] = Tensor.backward,
     iteration: int | None = None,
     health: MetaHealth | None = None,
     accumulator: MetaAccumulator | None = None,
     signal: MetaSignal | None = None,
-) -> tuple[Terms, dict[str, Tensor]]:
+) -> IterationResult:
     """One training iteration: the plain student step, or meta step, KRNet step and real student step.
 
     Args:
         student: ``student(lq, return_feats=True) -> (sr, feats)``.
         distiller: loss terms from outputs and features; its KRNets are the meta parameters.
-        teacher_out: ``(sr_t, feats_t)`` of the train batch, computed once without a graph (or Nones).
+        teacher_out: the teacher's SR image and features on the train batch, computed once without a graph
+            (``TeacherOutputs()`` without a teacher).
         batch: ``{"lq", "gt"}``, or ``{"train": {...}, "meta": {...}}`` for a meta iteration.
         opt_student: the student (+ adapters) optimizer; stepped as given (Lightning's wrapper counts the
             trainer's iterations).
@@ -119,13 +126,14 @@ def run_iteration(
         signal: given, fed every finite meta-gradient (the whole-run z of ``meta.signal``).
 
     Returns:
-        The student step's loss terms (``loss``, ``loss_rec``, ...) and the meta step's values to log
+        The student step's loss terms (``loss``, ``loss_rec``, ...), the meta step's values to log
         (``train/loss_meta``, ``train/meta_grad_norm``, ``train/meta_skip``, and ``health``'s; empty for a
-        plain iteration).
+        plain iteration) and the KRNet step (``None`` for a plain iteration).
     """
     if opt_krnet is None:
         train = train_part(batch)
-        return _plain_step(student, distiller, teacher_out, train, opt_student, backward, iteration), {}
+        terms = _plain_step(student, distiller, teacher_out, train, opt_student, backward, iteration)
+        return IterationResult(terms, {})
     if not (settings.enabled and distiller.meta_parameters()):
         raise ValueError("opt_krnet given but meta learning is off (no KRNets, or meta.enabled=false)")
     if "meta" not in batch:
@@ -139,24 +147,25 @@ def run_iteration(
 def _meta_iteration(
     student: nn.Module,
     distiller: Distiller,
-    teacher_out: TeacherOut,
+    teacher_out: TeacherOutputs,
     batch: Mapping[str, Any],
-    optimizers: tuple[Any, Any],
+    optimizers: tuple[AnyOptimizer, AnyOptimizer],
     settings: MetaSettings,
     iteration: int | None,
     trackers: tuple[MetaHealth | None, MetaAccumulator | None, MetaSignal | None],
-) -> tuple[Terms, dict[str, Tensor]]:
+) -> IterationResult:
     """Stages 1-4 of the module docstring, in order."""
-    (sr_t, feats_t), (opt_student, opt_krnet) = teacher_out, optimizers
+    opt_student, opt_krnet = optimizers
     lq, gt = batch["train"]["lq"], batch["train"]["gt"]
     with record_function("iteration/meta_step"):
         with record_function("meta/student_forward"):  # 1
-            outputs = student(lq, return_feats=True)
-            prepared = distiller.prepare(outputs[1], feats_t) if feats_t is not None else {}
+            outputs = StudentOutputs(*student(lq, return_feats=True))
+            feats_t = teacher_out.feats
+            prepared = distiller.prepare(outputs.feats, feats_t) if feats_t is not None else {}
 
         def loss_terms(sr: Tensor, feats: dict[str, Tensor], at_theta: bool = True) -> Terms:  # stages 2, 4
             ready = prepared if at_theta else None  # theta_k (k >= 1) has its own KRNet inputs
-            terms = distiller(sr, feats, gt, sr_t=sr_t, feats_t=feats_t, prepared=ready)
+            terms = distiller(sr, feats, gt, sr_t=teacher_out.sr, feats_t=feats_t, prepared=ready)
             check_terms(terms, iteration)  # before any backward
             return terms
 
@@ -175,26 +184,25 @@ def _meta_iteration(
             outputs=outputs,
             meta_loss_fn=settings.meta_loss_fn,
         )
-        logs = _krnet_step(distiller.meta_parameters(), result, opt_krnet, *trackers)  # 3
+        krnet = _krnet_step(distiller.meta_parameters(), result, opt_krnet, *trackers)  # 3
     with record_function("iteration/student_step"):  # 4
         terms = _real_step(result, loss_terms, distiller, opt_student, _namer(student, distiller), iteration)
-    return terms, logs
+    return IterationResult(terms, krnet.logs, krnet)
 
 
 def _plain_step(
     student: nn.Module,
     distiller: Distiller,
-    teacher_out: TeacherOut,
+    teacher_out: TeacherOutputs,
     train: Mapping[str, Tensor],
-    opt_student: Any,
-    backward: Callable[[Tensor], Any],
+    opt_student: AnyOptimizer,
+    backward: Callable[[Tensor], object],
     iteration: int | None,
 ) -> Terms:
     """Student forward, loss terms, backward, student step; the KRNets (if any) are frozen."""
-    sr_t, feats_t = teacher_out
-    sr, feats = student(train["lq"], return_feats=True)
+    sr, feats = StudentOutputs(*student(train["lq"], return_feats=True))
     with frozen(distiller.meta_parameters()):
-        terms = distiller(sr, feats, train["gt"], sr_t=sr_t, feats_t=feats_t)
+        terms = distiller(sr, feats, train["gt"], sr_t=teacher_out.sr, feats_t=teacher_out.feats)
     check_terms(terms, iteration)
     opt_student.zero_grad(set_to_none=True)
     backward(terms["loss"])
@@ -207,11 +215,11 @@ def _plain_step(
 def _krnet_step(
     params: list[nn.Parameter],
     result: MetaResult,
-    opt_krnet: Any,
+    opt_krnet: AnyOptimizer,
     health: MetaHealth | None = None,
     accumulator: MetaAccumulator | None = None,
     signal: MetaSignal | None = None,
-) -> dict[str, Tensor]:
+) -> KRNetStep:
     """Average the meta-gradients across ranks; feed the finite ones to the signal and the window.
 
     The KRNets step when the window is full, with its mean; a non-finite meta-gradient changes nothing.
@@ -220,8 +228,8 @@ def _krnet_step(
     # along: a NaN in it can leave a zero gradient behind (L1's sign(NaN) is 0). Every rank decides on the
     # same averaged values, so all skip or all step (and all windows stay equal).
     *grads, meta_loss = all_reduce_mean([*result.grads, result.meta_loss])
-    skip = first_nonfinite([*grads, meta_loss]) is not None
-    health_logs: dict[str, Tensor] = {}
+    skip = first_nonfinite_index([*grads, meta_loss]) is not None
+    health_logs: Logs = {}
     if not skip:
         if signal is not None:
             signal.update(grads)
@@ -231,7 +239,7 @@ def _krnet_step(
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     skipped = torch.tensor(float(skip))
     logs = {"train/loss_meta": result.meta_loss, "train/meta_grad_norm": norm, "train/meta_skip": skipped}
-    return logs | health_logs
+    return KRNetStep(skipped=skip, logs=logs | health_logs)
 
 
 def _apply(
@@ -251,7 +259,7 @@ def _real_step(
     result: MetaResult,
     loss_terms: Callable[[Tensor, dict[str, Tensor]], Terms],
     distiller: Distiller,
-    opt_student: Any,
+    opt_student: AnyOptimizer,
     name_of: Callable[[Tensor], str],
     iteration: int | None,
 ) -> Terms:
@@ -263,7 +271,7 @@ def _real_step(
         terms = loss_terms(sr, feats)
         grads = torch.autograd.grad(terms["loss"], leaves + side, allow_unused=True)
     params = inner.params + side
-    grads = inner.at(grads[: len(leaves)], result.trunk) + list(grads[len(leaves) :])
+    grads = inner.at(grads[: len(leaves)], result.checked_trunk()) + list(grads[len(leaves) :])
     present = [(p, g) for p, g in zip(params, grads) if g is not None]
     reduced = all_reduce_mean([g for _, g in present])
     check_grads([p for p, _ in present], reduced, name_of, iteration)

@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from meta_kd_sr.meta.carried import InnerLoss, StudentOut, _flatten, _unflatten
 from meta_kd_sr.meta.engines import GradReduce, ParamStep, Unroll, step_fast, unroll_fast
+from meta_kd_sr.meta.outputs import StudentOutputs
 
 
 @dataclass
@@ -75,10 +76,10 @@ def run_reference(
         The meta loss (graph to phi) and the inner gradient for the real student step.
     """
     lq, outputs = train_input
-    outputs = student(lq, return_feats=True) if outputs is None else outputs
-    params = [s.param for s in steps]
+    outputs = StudentOutputs(*student(lq, return_feats=True)) if outputs is None else outputs
+    params: list[Tensor] = [s.param for s in steps]
     value = torch.autograd.grad(inner_loss(*outputs), params, create_graph=True, allow_unused=True)
-    fast = dict(student.named_parameters())
+    fast: dict[str, Tensor] = dict(student.named_parameters())
     step_fast(fast, steps, value, grad_reduce)
     unroll_fast(student, fast, steps, unroll, grad_reduce)
     meta_lq, meta_gt = meta_input

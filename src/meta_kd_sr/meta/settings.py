@@ -156,7 +156,7 @@ class MetaSettings:
     def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The KRNet optimizer named by ``optimizer``: Adam (``lr``, ``betas``), SGD, or SGD with momentum."""
         if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+            return torch.optim.Adam(params, lr=self.lr, betas=(self.betas[0], self.betas[1]))
         momentum = self.momentum if self.optimizer == "momentum" else 0.0
         return torch.optim.SGD(params, lr=self.lr, momentum=momentum)
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from meta_kd_sr.atomic import atomic_path
+from meta_kd_sr.runtime.atomic import atomic_path
 
 HALF_NORMAL_MEDIAN = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(0.5, dtype=torch.float64)).item()
 
@@ -120,8 +120,9 @@ class MetaSignal:
             control: ``meta.control`` of the run ("none" or "shuffle"), so a comparison knows which is which.
         """
         numels = [int(p.numel()) for _, p in named]
-        if sum(numels) != (0 if self.mean is None else self.mean.numel()):
-            raise ValueError(f"the parameters have {sum(numels)} entries, the statistics {self.mean.numel()}")
+        stats = 0 if self.mean is None else self.mean.numel()
+        if sum(numels) != stats:
+            raise ValueError(f"the parameters have {sum(numels)} entries, the statistics {stats}")
         record = {
             "z": self.z().to(torch.float32),
             "steps": self.steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.profiler import record_function
 
 from meta_kd_sr.meta.carried import InnerGradient, InnerLoss, StudentOut, inner_gradient
 from meta_kd_sr.meta.engines import GradReduce, ParamStep, Unroll, run_func, run_higher
+from meta_kd_sr.meta.outputs import AnyOptimizer
 from meta_kd_sr.meta.reference import UnrolledGradient, run_reference
 
 ENGINES = ("higher", "func", "reference")
@@ -81,7 +83,9 @@ class MetaResult:
             detached outputs on the train batch: ``inner.at(output_grads, trunk)`` gives the real student
             step's gradient after phi has changed, without running the student again.
         trunk: the carried outputs with their graph to theta, recorded by the meta backward's forward-mode
-            pass (carried engines; empty for "reference"): what ``inner.at`` back-propagates through.
+            pass (carried engines; empty for "reference"): what ``inner.at`` back-propagates through. It is
+            filled while ``torch.autograd.grad`` runs the meta backward (an autograd ``Function`` can return
+            gradients only); ``checked_trunk`` is how the real student step reads it.
     """
 
     meta_loss: Tensor
@@ -89,7 +93,28 @@ class MetaResult:
     inner: InnerGradient | UnrolledGradient
     trunk: list[Tensor]
 
+    def checked_trunk(self) -> list[Tensor]:
+        """``trunk``, refused when the carried outputs need it and the meta backward did not record it.
 
+        Raises:
+            RuntimeError: ``inner`` carries outputs whose gradient depends on phi, and ``trunk`` is empty,
+                i.e. the meta backward never reached the carried pseudo-step gradient.
+        """
+        if isinstance(self.inner, InnerGradient) and self.inner.reached and not self.trunk:
+            raise RuntimeError(
+                "MetaResult.trunk is empty: the meta backward did not record the carried student outputs "
+                "that the real student step back-propagates through (was the meta loss differentiated with "
+                "torch.autograd.grad over the meta parameters?)"
+            )
+        return self.trunk
+
+
+@overload
+def unwrap_optimizer(optimizer: None) -> None: ...
+@overload
+def unwrap_optimizer(optimizer: AnyOptimizer) -> torch.optim.Optimizer: ...
+@overload
+def unwrap_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None: ...
 def unwrap_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
     """The raw torch optimizer behind ``optimizer`` (Lightning's ``LightningOptimizer`` wraps it)."""
     if optimizer is None:
@@ -121,7 +146,7 @@ def _adam_state(name: str, p: Tensor, group: dict, opt: torch.optim.Optimizer, e
 
 
 def plan_pseudo_step(
-    named: list[tuple[str, nn.Parameter]], pseudo: PseudoStep, opt: torch.optim.Optimizer | None, engine: str
+    named: list[tuple[str, Tensor]], pseudo: PseudoStep, opt: torch.optim.Optimizer | None, engine: str
 ) -> list[ParamStep]:
     """One ``ParamStep`` per trainable student parameter, reading the real optimizer where ``pseudo`` says."""
     if pseudo.kind == "sgd":
@@ -209,7 +234,7 @@ def meta_gradient(
     meta_params = list(meta_params)
     if not meta_params or not all(p.requires_grad for p in meta_params):
         raise ValueError("meta_params must be a non-empty list of tensors that require grad")
-    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    named: list[tuple[str, Tensor]] = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError(
             "no student parameter requires grad, so the meta-gradient would be zero; do not run the meta "

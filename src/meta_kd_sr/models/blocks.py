@@ -147,6 +147,8 @@ class SRNet(nn.Module):
         feature_names: ``("f1", "f2", "f3")``, the keys of the features ``forward`` returns.
     """
 
+    mean: torch.Tensor  # the RGB mean buffer, (1, 3, 1, 1)
+
     feature_names = FEATURE_NAMES
 
     def __init__(

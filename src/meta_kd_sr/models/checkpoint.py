@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from meta_kd_sr.atomic import atomic_path
-from meta_kd_sr.finite import first_nonfinite
+from meta_kd_sr.runtime.atomic import atomic_save
+from meta_kd_sr.runtime.finite import first_nonfinite_index
 
 from .convert import FORMATS, check_mean_shift, convert_state_dict, detect_format
 from .edsr import EDSR
@@ -233,7 +233,7 @@ def _checked(config: Any, where: str, entry: str) -> tuple[type[nn.Module], str,
         )
     target = config.get("_target_")
     cls = _REGISTRY.get(target) if isinstance(target, str) else None
-    if cls is None:
+    if cls is None or not isinstance(target, str):
         raise ValueError(
             f"{where}: {entry}['_target_'] = {target!r:.200} is not a network that may be rebuilt from "
             f"a file (allowed: {sorted(_REGISTRY)}). Names read from a checkpoint are never imported. If it "
@@ -334,7 +334,7 @@ def exportable_student(ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[st
     net, config = student_from_checkpoint(ckpt_path)
     state = net.state_dict()
     names = [k for k, v in state.items() if v.is_floating_point()]
-    bad = first_nonfinite([state[k] for k in names])
+    bad = first_nonfinite_index([state[k] for k in names])
     if bad is not None:
         raise FloatingPointError(f"refusing to export {os.fspath(ckpt_path)}: {names[bad]} holds NaN/inf")
     return net, config
@@ -342,10 +342,7 @@ def exportable_student(ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[st
 
 def save_student(net: nn.Module, config: dict[str, Any], out_path: str | os.PathLike) -> Path:
     """Write ``{"state_dict", "config"}`` of a network atomically (read by ``student_from_checkpoint``)."""
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "config": config}, tmp)
-    return out_path
+    return atomic_save({"state_dict": net.state_dict(), "config": config}, out_path)
 
 
 def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:

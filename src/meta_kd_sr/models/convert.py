@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 FORMATS = ("ours", "official", "basicsr")
 _MEAN_SHIFT = ("sub_mean.", "add_mean.")
@@ -100,7 +101,8 @@ def check_mean_shift(sd: Mapping[str, torch.Tensor], model: nn.Module) -> None:
     """
     if not hasattr(model, "mean") or not hasattr(model, "img_range"):
         return
-    want = (model.mean.flatten() * model.img_range).double().cpu()
+    mean, img_range = cast(Tensor, model.mean), cast(float, model.img_range)
+    want = (mean.flatten() * img_range).double().cpu()
     for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
         if f"{name}.weight" not in sd or f"{name}.bias" not in sd:
             continue

@@ -12,11 +12,11 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from meta_kd_sr.data.imresize import imresize
-from meta_kd_sr.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to_y, sr_metrics, ssim_y
+from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to_y, sr_metrics, ssim_y
 
 
 def _load_oracle(name: str):
-    path = Path(__file__).parent / "oracles" / f"{name}.py"
+    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import product
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +79,7 @@ def self_ensemble(model_fn: ModelFn, lq: Tensor) -> Tensor:
                 f"but {tuple(total.shape)} for the identity"
             )
         total = sr if total is None else total + sr
-    return total / 8
+    return cast(Tensor, total) / 8  # eight transforms ran
 
 
 def _windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -141,7 +142,7 @@ def tiled_forward(model_fn: ModelFn, lq: Tensor, scale: int, tile: int, overlap:
         out[..., ky0 * scale : ky1 * scale, kx0 * scale : kx1 * scale] = sr[
             ..., (ky0 - y0) * scale : (ky1 - y0) * scale, (kx0 - x0) * scale : (kx1 - x0) * scale
         ]
-    return out
+    return cast(Tensor, out)  # every image has at least one window
 
 
 def upscale_bicubic(lq: Tensor, scale: int) -> Tensor:
@@ -251,7 +252,8 @@ class SRForward(nn.Module):
         """lq: (B, 3, h, w) float in [0, 1] -> sr: (B, 3, h * scale, w * scale), not clamped."""
         if lq.dim() != 4 or lq.size(1) != 3:
             raise ValueError("lq must be a (B, 3, h, w) tensor")
+        # a buffer: torch types it Tensor | Module, and TorchScript rejects a class-level annotation
         mean = self.mean.to(lq.dtype)
-        x = self.conv_first((lq - mean) * self.img_range)
+        x = self.conv_first((lq - mean) * self.img_range)  # pyright: ignore[reportOperatorIssue]
         res = self.conv_after_body(self.body(x))
         return self.conv_last(self.upsample(res + x)) / self.img_range + mean

@@ -2,32 +2,35 @@
 
 It wires built objects (student, optional frozen teacher, distiller, optimizers) and holds no maths: the
 losses live in :mod:`meta_kd_sr.distill`, the training iteration (plain, or meta step, KRNet step and
-student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in :mod:`meta_kd_sr.metrics`.
-Optimisation is manual, so the stages of a meta iteration run in the order of the method.
+student step) in :mod:`meta_kd_sr.meta.iteration` and the evaluation protocol in
+:mod:`meta_kd_sr.evaluation.metrics`. Optimisation is manual, so the stages of a meta iteration run in the
+order of the method. The values that cross the stages are typed in :mod:`meta_kd_sr.meta.outputs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.profiler import record_function
 
-from meta_kd_sr.ddp import broadcast_, exclude_from_ddp
 from meta_kd_sr.distill import Distiller
-from meta_kd_sr.inference import self_ensemble, tiled_forward
+from meta_kd_sr.evaluation.inference import self_ensemble, tiled_forward
+from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY
 from meta_kd_sr.meta.accumulate import MetaAccumulator
 from meta_kd_sr.meta.health import MetaHealth
 from meta_kd_sr.meta.iteration import run_iteration, train_part
+from meta_kd_sr.meta.outputs import AnyOptimizer, Logs, TeacherOutputs, Terms
 from meta_kd_sr.meta.settings import MetaSettings, precision_problem
 from meta_kd_sr.meta.signal import MetaSignal
-from meta_kd_sr.metrics import PSNRY, SSIMY
 from meta_kd_sr.models import accepts_features_only
-from meta_kd_sr.teacher import freeze_teacher
+from meta_kd_sr.runtime.ddp import broadcast_, exclude_from_ddp
+from meta_kd_sr.training.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -36,6 +39,13 @@ DDP_EXCLUDED = ("teacher", "distiller.kd_losses")
 # The loss terms the progress bar shows (logged with prog_bar=True); every term is logged.
 PROG_BAR_TERMS = ("train/loss", "train/loss_rec", "train/loss_kd", "train/loss_meta")
 META_STATE = ("meta_health", "meta_accumulator", "meta_signal")  # meta trackers saved in checkpoints
+
+
+class StepOutputs(NamedTuple):
+    """What ``SRModule.iteration`` returns: the student step's loss terms and the values to log."""
+
+    terms: Terms
+    logs: Logs
 
 
 class SRModule(pl.LightningModule):
@@ -95,8 +105,9 @@ class SRModule(pl.LightningModule):
         if channels_last:
             for net in (self.student, self.teacher):
                 if net is not None:
-                    net.to(memory_format=torch.channels_last)
-        self._compiled: dict[str, Callable[..., Any]] = {}  # a dict: not registered as a submodule
+                    # torch types Module.to without the memory_format-only form it accepts
+                    net.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
+        self._compiled: dict[str, nn.Module] = {}  # a dict: not registered as a submodule
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.meta = meta if isinstance(meta, MetaSettings) else MetaSettings(**dict(meta or {}))
@@ -171,24 +182,24 @@ class SRModule(pl.LightningModule):
         return self.student(lq)
 
     @torch.no_grad()
-    def teacher_forward(self, lq: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    def teacher_forward(self, lq: torch.Tensor) -> TeacherOutputs:
         """Teacher SR and features on ``lq``, once per batch, without a graph (or ``None, None``).
 
         When no loss reads the teacher's SR image (``output_weight == 0``) and the teacher can stop at its
         last feature (``features_only``), the upsampler is skipped and the SR image is ``None``.
         """
         if self.teacher is None or not self.distiller.needs_teacher:
-            return None, None
+            return TeacherOutputs()
         teacher = self._compiled_fn("teacher") if self.compile_teacher else self.teacher
         if self.distiller.output_weight == 0 and accepts_features_only(self.teacher):
-            return None, teacher(lq, features_only=True)
+            return TeacherOutputs(None, teacher(lq, features_only=True))
         sr_t, feats_t = teacher(lq, return_feats=True)
-        return sr_t, feats_t
+        return TeacherOutputs(sr_t, feats_t)
 
-    def _compiled_fn(self, name: str) -> Callable[..., Any]:
+    def _compiled_fn(self, name: str) -> nn.Module:
         """The ``torch.compile`` wrapper of submodule ``name`` (``teacher``/``student``), built once."""
         if name not in self._compiled:
-            self._compiled[name] = torch.compile(getattr(self, name))
+            self._compiled[name] = cast(nn.Module, torch.compile(getattr(self, name)))  # an OptimizedModule
         return self._compiled[name]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -207,8 +218,8 @@ class SRModule(pl.LightningModule):
         return terms["loss"].detach()
 
     def iteration(
-        self, batch: Mapping[str, Any], opt_student: Any, opt_krnet: Any | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        self, batch: Mapping[str, Any], opt_student: AnyOptimizer, opt_krnet: AnyOptimizer | None = None
+    ) -> StepOutputs:
         """One training iteration (SPEC §5): the teacher forward, then ``meta.iteration.run_iteration``.
 
         Works outside a Trainer too (benchmarks, notebooks): the backward is ``manual_backward`` when a
@@ -221,7 +232,8 @@ class SRModule(pl.LightningModule):
 
         Returns:
             The student step's loss terms (``loss``, ``loss_rec``, ...) and the values to log; with meta
-            learning on, ``train/meta_skipped`` counts the KRNet updates skipped so far.
+            learning on, ``train/meta_skipped`` counts the KRNet updates skipped so far (``meta_skipped``,
+            counted from the iteration's ``IterationResult.krnet_skipped``, never from a log).
         """
         if self.channels_last:
             batch = _channels_last(batch)
@@ -229,7 +241,7 @@ class SRModule(pl.LightningModule):
             teacher_out = self.teacher_forward(train_part(batch)["lq"])
         trainer = self._trainer
         plain = opt_krnet is None  # higher's patched student (meta iterations) must stay eager
-        terms, logs = run_iteration(
+        result = run_iteration(
             self._compiled_fn("student") if plain and self.compile_student else self.student,
             self.distiller,
             teacher_out,
@@ -243,15 +255,16 @@ class SRModule(pl.LightningModule):
             accumulator=self.meta_accumulator,
             signal=self.meta_signal,
         )
-        self.meta_skipped += int(logs.get("train/meta_skip", 0))
+        self.meta_skipped += int(result.krnet_skipped)
+        logs = dict(result.logs)
         if self.meta_enabled:
             logs["train/meta_skipped"] = torch.tensor(float(self.meta_skipped))
-        return terms, logs
+        return StepOutputs(result.terms, logs)
 
     def _step_schedulers(self) -> None:
         scheds = self.lr_schedulers()
         for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
-            sched.step()
+            cast(LRScheduler, sched).step()  # stepped per iteration: no metric-driven scheduler
 
     # ------------------------------------------------------------------------------------ validation
     def super_resolve(self, net: nn.Module, lq: torch.Tensor) -> torch.Tensor:
@@ -268,7 +281,7 @@ class SRModule(pl.LightningModule):
         return sr.clamp(0, 1)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Per-image PSNR_y / SSIM_y of the student (the SR protocol of :mod:`meta_kd_sr.metrics`)."""
+        """Per-image PSNR_y / SSIM_y of the student (the protocol of :mod:`meta_kd_sr.evaluation.metrics`)."""
         sr = self.super_resolve(self.student, batch["lq"])
         self.val_psnr.update(sr, batch["gt"])
         self.val_ssim.update(sr, batch["gt"])
@@ -277,9 +290,10 @@ class SRModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         """Log the teacher's validation PSNR_y once, so a wrong teacher shows at step 0."""
-        if self.teacher is None or self.trainer.datamodule is None:
+        datamodule = getattr(self.trainer, "datamodule", None)  # set by fit(datamodule=...)
+        if self.teacher is None or datamodule is None:
             return
-        loader = self.trainer.datamodule.val_dataloader()
+        loader = datamodule.val_dataloader()
         if loader is None:
             return
         metric = PSNRY(self.crop_border).to(self.device)

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from meta_kd_sr.data.imresize import imresize
-from meta_kd_sr.inference import self_ensemble, tiled_forward, upscale_bicubic
+from meta_kd_sr.evaluation.inference import self_ensemble, tiled_forward, upscale_bicubic
 
 
 def _load_oracle(name: str):
-    path = Path(__file__).parent / "oracles" / f"{name}.py"
+    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

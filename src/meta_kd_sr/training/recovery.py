@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from meta_kd_sr.atomic import atomic_path, remove_stale_temporaries
-from meta_kd_sr.finite import first_nonfinite
+from meta_kd_sr.runtime.atomic import atomic_save, remove_stale_temporaries
+from meta_kd_sr.runtime.finite import first_nonfinite_name
 
 # what a finished or running run leaves in its dir, besides its exported network (export_name; the two
 # names the presets use are always checked)
@@ -35,49 +34,6 @@ RUN_OUTPUTS = ("checkpoints", "student.pt", "teacher.pt", "eval.json")
 
 class RunRefused(ValueError):
     """A run that must not start as configured; the message says what to change."""
-
-
-def _tensors(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield where, obj
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{where}[{i}]")
-
-
-def first_non_finite(obj: Any) -> str | None:
-    """The name of the first floating tensor in ``obj`` (nested dicts/lists) holding NaN/inf, or ``None``."""
-    named = [(where, t) for where, t in _tensors(obj, "") if t.is_floating_point()]
-    bad = first_nonfinite([t for _, t in named])
-    return None if bad is None else named[bad][0]
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`~meta_kd_sr.atomic.atomic_path` (durable): never a truncated file.
-
-    Raises:
-        OSError: the file could not be written, with its path and errno (torch's writer reports a full disk
-            as ``basic_ios::clear: iostream error`` and a read-only folder as an enforce message, no path).
-    """
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except RuntimeError as err:
-        raise _write_error(Path(path), err) from err
-    return Path(path)
-
-
-def _write_error(path: Path, err: RuntimeError) -> OSError:
-    """An ``OSError`` naming ``path`` and the likely cause of a failed ``torch.save`` there."""
-    folder = path.parent if path.parent.is_dir() else Path(".")
-    if shutil.disk_usage(folder).free < 64 * 2**20:
-        return OSError(errno.ENOSPC, "could not write: no space left on device", os.fspath(path))
-    if not os.access(folder, os.W_OK):
-        return OSError(errno.EACCES, "could not write: the folder is not writable", os.fspath(path))
-    return OSError(errno.EIO, f"could not write ({str(err).splitlines()[0][:200]})", os.fspath(path))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -94,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` atomically; raise ``FloatingPointError`` on a NaN/inf tensor."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        bad = first_non_finite({"state_dict": checkpoint.get("state_dict", {})}) or first_non_finite(
+        bad = first_nonfinite_name({"state_dict": checkpoint.get("state_dict", {})}) or first_nonfinite_name(
             {"optimizer_states": checkpoint.get("optimizer_states", [])}
         )
         if bad is not None:

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from meta_kd_sr.projection import ProjectedTime, projection_text
+from meta_kd_sr.training.projection import ProjectedTime, projection_text
 
 
 class CPUAccelerator:  # the name is what ProjectedTime reads
@@ -25,7 +25,7 @@ def _run(callback, seconds_per_step, steps, accelerator=CPUAccelerator, max_step
 
 def test_a_long_cpu_run_warns_once_with_its_projection(caplog):
     callback = ProjectedTime(warn_hours=3, measure_steps=5)
-    with caplog.at_level(logging.WARNING, logger="meta_kd_sr.projection"):
+    with caplog.at_level(logging.WARNING, logger="meta_kd_sr.training.projection"):
         _run(callback, 3.42, 20)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1
@@ -36,7 +36,7 @@ def test_a_long_cpu_run_warns_once_with_its_projection(caplog):
 @pytest.mark.parametrize(("seconds", "accelerator"), [(0.01, CPUAccelerator), (3.42, CUDAAccelerator)])
 def test_a_short_run_or_a_gpu_run_does_not_warn(caplog, seconds, accelerator):
     callback = ProjectedTime(warn_hours=3, measure_steps=5)
-    with caplog.at_level(logging.WARNING, logger="meta_kd_sr.projection"):
+    with caplog.at_level(logging.WARNING, logger="meta_kd_sr.training.projection"):
         _run(callback, seconds, 20, accelerator)
     assert caplog.records == [] and callback.projected_s is not None
 

@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from meta_kd_sr.data.io import to_uint8
-from meta_kd_sr.inference import upscale_bicubic
+from meta_kd_sr.evaluation.inference import upscale_bicubic
 
 Features = dict[str, Tensor]
 
@@ -117,7 +117,7 @@ def has_krnets(pl_module: Any) -> bool:
 
 
 def krnet_kernels(
-    pl_module: Any, lq: Tensor, feats: tuple[Features, Features] | None = None
+    pl_module: Any, lq: Tensor, feats: tuple[Features, Features | None] | None = None
 ) -> dict[str, Tensor]:
     """``{position: (N, k, k)}`` kernels the KRNets make for ``lq`` (1, 3, h, w); ``{}`` without KRNets.
 
@@ -164,7 +164,8 @@ class ValidationPanels(pl.Callback):
                 loader[0] if isinstance(loader, (list, tuple)) and loader else loader, "dataset", None
             )
             self._crops = []
-            for i in range(min(self.n_images, len(dataset) if dataset is not None else 0)):
+            dataset = [] if dataset is None else dataset
+            for i in range(min(self.n_images, len(dataset))):
                 item = dataset[i]
                 lq, gt = centre_crop(item["lq"], item["gt"], self.crop, scale)
                 self._crops.append((str(item.get("name", i)), lq.float(), gt.float()))
@@ -176,15 +177,16 @@ class ValidationPanels(pl.Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         if not (sinks and fitting and trainer.is_global_zero):
             return
-        crops = self.fixed_crops(trainer, int(pl_module.scale))
+        module: Any = pl_module  # an SRModule (evaluation does not import training)
+        crops = self.fixed_crops(trainer, int(module.scale))
         if not crops:
             return
         panels, grids = self.render(pl_module, trainer.precision_plugin, crops)
         names, step = [name for name, _, _ in crops], trainer.global_step
-        columns = " | ".join(c for c in PANEL_COLUMNS if c != "teacher" or pl_module.teacher is not None)
+        columns = " | ".join(c for c in PANEL_COLUMNS if c != "teacher" or module.teacher is not None)
         log_images(sinks, "val/panels", panels, names, [f"{n}: {columns}" for n in names], step)
         if grids:
-            rows = ", ".join(pl_module.distiller.positions)
+            rows = ", ".join(module.distiller.positions)
             captions = [f"{n}: rows {rows}; blue < 0 < red" for n in names]
             log_images(sinks, "val/kernels", grids, names, captions, step)
 

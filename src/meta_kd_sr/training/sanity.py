@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from meta_kd_sr.inference import upscale_bicubic
-from meta_kd_sr.metrics import psnr_y
+from meta_kd_sr.evaluation.inference import upscale_bicubic
+from meta_kd_sr.evaluation.metrics import psnr_y
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from meta_kd_sr.data.io import to_uint8
-from meta_kd_sr.inference import ModelFn, _windows
+from meta_kd_sr.evaluation.inference import ModelFn, _windows
 
 GB = 10**9
 AUTO_FRACTION = 0.7  # memory_budget=auto: this share of the memory the process can still get
@@ -37,7 +37,8 @@ class Plan:
     """How one image is upscaled: ``tile`` (``None``: whole), the estimated peak bytes, and ``stream``.
 
     ``stream``: tile by tile straight into a uint8 output (:func:`tiled_uint8`, the self-ensemble inside each
-    tile); otherwise the float output of :func:`~meta_kd_sr.inference.sr_function` (ensemble outside tiles).
+    tile); otherwise the float output of :func:`~meta_kd_sr.evaluation.inference.sr_function`
+    (ensemble outside tiles).
     """
 
     tile: int | None
@@ -74,7 +75,7 @@ def _address_space_left() -> int | None:
         return None
     try:
         status = Path("/proc/self/status").read_text()
-        used = int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024
+        used = int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024  # pyright: ignore[reportOptionalSubscript]
     except (OSError, TypeError):
         used = 0
     return max(soft - used, 0)
@@ -142,7 +143,7 @@ def plan_upscale(
 
 @torch.no_grad()
 def tiled_uint8(model_fn: ModelFn, lq: torch.Tensor, scale: int, tile: int, overlap: int) -> torch.Tensor:
-    """:func:`meta_kd_sr.inference.tiled_forward` of one image into a uint8 (3, H, W) output.
+    """:func:`meta_kd_sr.evaluation.inference.tiled_forward` of one image into a uint8 (3, H, W) output.
 
     The stitched result equals ``to_uint8(tiled_forward(...).clamp(0, 1)[0])``, without a float HR buffer.
     """

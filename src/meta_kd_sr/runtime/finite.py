@@ -10,7 +10,7 @@ Each check is one fused reduction and one host synchronisation, whatever the num
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ def _where(iteration: int | None) -> str:
     return "" if iteration is None else f" at iteration {iteration}"
 
 
-def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
+def first_nonfinite_index(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor holding a NaN or an infinity, or ``None`` when all are finite.
 
     One ``torch._foreach_norm`` and one ``isfinite`` per device (a checkpoint holds CUDA weights beside CPU
@@ -42,7 +42,7 @@ def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
             groups.setdefault(t.device, []).append(i)
     suspects: list[int] = []
     for index in groups.values():
-        norms = torch._foreach_norm([tensors[i] for i in index])
+        norms = torch._foreach_norm([tensors[i] for i in index])  # pyright: ignore[reportPrivateImportUsage]
         dtype = norms[0].dtype
         finite = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms]).isfinite()
         if not bool(finite.all()):
@@ -63,7 +63,7 @@ def check_terms(terms: Mapping[str, Tensor], iteration: int | None = None) -> No
     """
     names = list(terms)
     values = [terms[n].detach() for n in names]
-    bad = first_nonfinite(values)
+    bad = first_nonfinite_index(values)
     if bad is None:
         return
     listed = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(names, values))
@@ -90,7 +90,7 @@ def check_grads(
         NonFiniteError: before any optimizer step, e.g. ``the gradient of student.body.0.weight is not finite
             (nan) at iteration 3; no optimizer step was taken``.
     """
-    bad = first_nonfinite(grads)
+    bad = first_nonfinite_index(grads)
     if bad is None:
         return
     kind = "nan" if bool(grads[bad].isnan().any()) else "inf"
@@ -109,3 +109,21 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_or_none(v) for v in value]
     return value
+
+
+def _tensors(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{where}[{i}]")
+
+
+def first_nonfinite_name(obj: Any) -> str | None:
+    """The name of the first floating tensor in ``obj`` (nested dicts/lists) holding NaN/inf, or ``None``."""
+    named = [(where, t) for where, t in _tensors(obj, "") if t.is_floating_point()]
+    bad = first_nonfinite_index([t for _, t in named])
+    return None if bad is None else named[bad][0]

@@ -14,7 +14,7 @@ from meta_kd_sr.distill import Distiller
 from meta_kd_sr.distill.krnet import KRNetLoss
 from meta_kd_sr.meta import MetaSettings
 from meta_kd_sr.models import EDSR
-from meta_kd_sr.module import SRModule
+from meta_kd_sr.training.module import SRModule
 
 SCALE = 2
 

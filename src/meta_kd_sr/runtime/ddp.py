@@ -1,4 +1,4 @@
-"""What DistributedDataParallel does not do for :class:`~meta_kd_sr.module.SRModule`, done by hand.
+"""What DistributedDataParallel does not do for :class:`~meta_kd_sr.training.module.SRModule`, done by hand.
 
 DDP reduces only the gradients that reach parameters through ``backward``. The meta step takes its
 gradients with ``torch.autograd.grad`` (never reduced by DDP), and the frozen teacher must not be wrapped at

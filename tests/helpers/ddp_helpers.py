@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "ddp"  # run_plan.py and dump.py
 VENV_BIN = Path(sys.executable).parent
 TEACHER = {"n_feats": 16, "n_blocks": 2}
 # A guard against a hung command only (a rank waiting for a dead peer); the runs take seconds.

@@ -9,12 +9,17 @@ the old file or the new one, never a truncated one. The temporary is named ``.<n
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import torch
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
@@ -41,6 +46,31 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
                 _fsync(path.parent, os.O_RDONLY)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_path` (durable): never a truncated file.
+
+    Raises:
+        OSError: the file could not be written, with its path and errno (torch's writer reports a full disk
+            as ``basic_ios::clear: iostream error`` and a read-only folder as an enforce message, no path).
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as err:
+        raise _write_error(Path(path), err) from err
+    return Path(path)
+
+
+def _write_error(path: Path, err: RuntimeError) -> OSError:
+    """An ``OSError`` naming ``path`` and the likely cause of a failed ``torch.save`` there."""
+    folder = path.parent if path.parent.is_dir() else Path(".")
+    if shutil.disk_usage(folder).free < 64 * 2**20:
+        return OSError(errno.ENOSPC, "could not write: no space left on device", os.fspath(path))
+    if not os.access(folder, os.W_OK):
+        return OSError(errno.EACCES, "could not write: the folder is not writable", os.fspath(path))
+    return OSError(errno.EIO, f"could not write ({str(err).splitlines()[0][:200]})", os.fspath(path))
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -105,8 +105,9 @@ class RichStepProgressBar(_CountsSteps, RichProgressBar):
         total = step_total(trainer)
         if total is None or self.is_disabled or self.progress is None:
             return
-        self.train_progress_bar_id = self._add_task(total, self.train_description)
-        self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
+        task = self._add_task(total, self.train_description)
+        self.train_progress_bar_id = task
+        self.progress.update(task, completed=trainer.global_step)
         self.refresh()
 
     def _show_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

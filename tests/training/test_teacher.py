@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from helpers import official_oracle as ORACLE
 from meta_kd_sr.models import EDSR, RCAN
-from meta_kd_sr.teacher import load_teacher
+from meta_kd_sr.training.teacher import load_teacher
 
-
-def _oracle():
-    path = Path(__file__).parent / "models" / "official_oracle.py"
-    spec = importlib.util.spec_from_file_location("_official_oracle_for_teacher", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ORACLE = _oracle()
 CASES = [
     (
         lambda: ORACLE.OfficialEDSR(n_resblocks=3, n_feats=16, scale=4),

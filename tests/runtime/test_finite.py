@@ -8,18 +8,24 @@ import re
 import pytest
 import torch
 
-from meta_kd_sr.finite import NonFiniteError, check_grads, check_terms, finite_or_none, first_nonfinite
+from meta_kd_sr.runtime.finite import (
+    NonFiniteError,
+    check_grads,
+    check_terms,
+    finite_or_none,
+    first_nonfinite_index,
+)
 
 NAN, INF = float("nan"), float("inf")
 
 
 def test_first_nonfinite_finds_the_first_bad_tensor() -> None:
     ok = [torch.randn(3, 2), torch.full((4,), 1e30), torch.zeros(0)]
-    assert first_nonfinite(ok) is None and first_nonfinite([]) is None
-    assert first_nonfinite([*ok, torch.tensor([1.0, NAN]), torch.tensor([INF])]) == 3
-    assert first_nonfinite([torch.tensor([-INF], dtype=torch.float64), torch.tensor([NAN])]) == 0
+    assert first_nonfinite_index(ok) is None and first_nonfinite_index([]) is None
+    assert first_nonfinite_index([*ok, torch.tensor([1.0, NAN]), torch.tensor([INF])]) == 3
+    assert first_nonfinite_index([torch.tensor([-INF], dtype=torch.float64), torch.tensor([NAN])]) == 0
     # large but finite: a sum of squares that overflows float32 is not a non-finite value
-    assert first_nonfinite([torch.full((1000,), 3e38)]) is None
+    assert first_nonfinite_index([torch.full((1000,), 3e38)]) is None
 
 
 def test_check_terms_names_the_iteration_the_bad_term_and_every_value() -> None:

@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_module
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+# not re-exported by Lightning's packages, but the objects its warnings go through
+from lightning.pytorch.utilities.rank_zero import rank_zero_module  # pyright: ignore[reportPrivateImportUsage]
+from lightning.pytorch.utilities.warnings import PossibleUserWarning  # pyright: ignore[reportPrivateImportUsage]
 from torch import nn
 
 # Lightning's INFO banners advertising its cloud packages (litlogger, litmodels), printed by every Trainer
