@@ -24,6 +24,10 @@ Modes (one results folder, ``--out``, default ``benchmarks/results``):
   (``quality/sweep.py``; ``sweep.{json,md}``, ``weights.json``, which both regimes read);
 - ``--regime converged``: a stronger teacher, the students' budget measured by the plateau rule of
   ``quality/curve.py``, then the methods at that budget (``converged.{json,md}``, ``converged_budget.png``).
+- ``--regime levers``: the meta step's levers (``quality.plan.LEVERS``) against frozen KRNets on the same
+  data, and every meta-learned run's whole-run z against pure noise and the shuffled-target control
+  (``quality/signal.py``; ``levers.{json,md}``, ``levers_signal.png``). ``--only`` trains a subset.
+- ``--stored-only`` (converged and levers regimes): train nothing, report the stored runs, name those left out.
 
 Resumable across machines: every finished run is scored at once and its record (``record.json``) and exported
 network go to ``<out>/runs/<name>/`` with the manifest ``<out>/students.json`` (``quality/store.py``); a run
@@ -162,6 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--regime levers: train only these methods (comma-separated); other runs are reported when "
         "stored (a second process on another --cache can so add a lever while the study runs)",
     )
+    parser.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="train nothing: report the runs stored so far (methods with >= 2 seeds), naming those left out",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 0:
         raise SystemExit(f"--jobs must be >= 1 and --threads >= 0, got {args.jobs} and {args.threads}")
@@ -176,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = "sweep" if args.sweep else args.regime
     if args.only and args.mode != "levers":
         raise SystemExit("--only applies to --regime levers")
+    if args.stored_only and args.mode not in ("converged", "levers"):
+        raise SystemExit("--stored-only applies to --regime converged and --regime levers")
     return args
 
 
@@ -281,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             tuned,
             git_commit(),
         )
+        ctx.stored_only = args.stored_only
         ctx.log(f"bench_quality: {args.command}; cache {args.cache}, results {args.out}")
         if args.measure:
             measure(ctx, args)

@@ -40,6 +40,8 @@ class Context:
     store: Path | None = None
     tuned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     git_commit: str = "unknown"
+    stored_only: bool = False  # report what is stored, train nothing (``--stored-only``)
+    left_out: list[str] = field(default_factory=list)  # runs not stored, left out under ``stored_only``
     start: float = field(default_factory=time.perf_counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _photos: dict[str, HeldoutPhotos] = field(default_factory=dict)
@@ -98,6 +100,12 @@ def run_phase(
     ctx: Context, name: str, specs: Sequence[RunSpec], threads: int | None = None, jobs: int | None = None
 ) -> list[dict[str, Any]]:
     """Run ``specs`` (``jobs`` at a time): stored runs are read back, others trained, scored and stored."""
+    if ctx.stored_only:
+        missing = [x.name for x in specs if store.load(ctx.store, x) is None]
+        ctx.left_out += missing
+        specs = [x for x in specs if x.name not in missing]
+        if missing:
+            ctx.log(f"phase {name}: {len(missing)} runs not stored, left out (--stored-only)")
     ctx.log(f"phase {name}: {len(specs)} runs")
     phase_start = time.perf_counter()
     threads = ctx.threads if threads is None else threads

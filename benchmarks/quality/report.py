@@ -139,6 +139,17 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def partial_lines(result: Mapping[str, Any]) -> list[str]:
+    """The header line of a ``--stored-only`` report that left unfinished runs out (none otherwise)."""
+    left = result.get("left_out") or []
+    if not left:
+        return []
+    return [
+        f"- **partial**: {len(left)} runs not finished yet, left out (rerun without --stored-only): "
+        + ", ".join(left)
+    ]
+
+
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

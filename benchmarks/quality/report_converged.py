@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import _delta, _num, _pm, health_table, summarize_method
+from .report import _delta, _num, _pm, health_table, partial_lines, summarize_method
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -60,6 +60,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         f"- command: `{result['command']}`",
         f"- date: {result['date']}; git commit: {result['git_commit']}",
+        *partial_lines(result),
         f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; torch threads per run: "
         f"{m['torch_threads']}, parallel runs: {m['jobs']}",
         f"- x{result['scale']}; student EDSR {s['student'][0]} × {s['student'][1]}; teacher EDSR "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import FROZEN_REFERENCE
-from .report import _delta, _num, _pm, summarize_method
+from .report import _delta, _num, _pm, partial_lines, summarize_method
 from .signal import pooled
 
 CONTROL = "mkd_shuffle"
@@ -102,6 +102,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         f"- command: `{result['command']}`",
         f"- date: {result['date']}; git commit: {result['git_commit']}",
+        *partial_lines(result),
         f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; torch threads per run: "
         f"{m['torch_threads']}, parallel runs: {m['jobs']}",
         f"- x{result['scale']}; student EDSR {s['student'][0]} × {s['student'][1]}, {s['iterations']} "

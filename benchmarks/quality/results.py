@@ -82,8 +82,9 @@ def portable(arg: str) -> str:
 
 
 def header(ctx: pipeline.Context, args: argparse.Namespace, teacher: dict[str, Any]) -> dict[str, Any]:
-    """What every result file starts with: command, date, machine, commit, sizes, the teacher."""
+    """What every result file starts with: command, date, machine, commit, sizes, teacher, left-out runs."""
     return {
+        "left_out": list(ctx.left_out),
         "command": args.command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(args.threads, args.jobs),
@@ -145,7 +146,8 @@ def collect_converged(
     from meta_kd_sr.evaluation.inference import upscale_bicubic
 
     dataset = HeldoutPhotos(HELDOUT, SCALE)
-    margin = pipeline.teacher_margin(runs["teacher"], runs["students"], ctx.sizes.teacher_margin_db)
+    students = with_paired_seeds(runs["students"], ctx)
+    margin = pipeline.teacher_margin(runs["teacher"], students, ctx.sizes.teacher_margin_db)
     log_margin(ctx, runs["teacher"], margin)
     return {
         **header(ctx, args, runs["teacher"]),
@@ -154,19 +156,30 @@ def collect_converged(
         "bicubic": score_dataset(lambda lq: upscale_bicubic(lq, SCALE), dataset, SCALE),
         "teacher_margin": margin,
         "budget": runs["budget"],
-        "runs": runs["students"],
-        "summary": report_converged.summarize(runs["students"]),
+        "runs": students,
+        "summary": report_converged.summarize(students),
     }
+
+
+def with_paired_seeds(records: list[dict[str, Any]], ctx: pipeline.Context) -> list[dict[str, Any]]:
+    """The records of methods with >= 2 seeds (a partial ``--stored-only`` report pairs no single run)."""
+    seeds: dict[str, int] = {}
+    for r in records:
+        seeds[r["method"]] = seeds.get(r["method"], 0) + 1
+    single = [r for r in records if seeds[r["method"]] < 2]
+    ctx.left_out += [r["name"] for r in single]
+    return [r for r in records if seeds[r["method"]] >= 2]
 
 
 def collect_levers(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The statistics and the JSON result of the lever study."""
+    students = with_paired_seeds(runs["students"], ctx)
     return {
         **header(ctx, args, runs["teacher"]),
         "weights": weights_used(ctx, args),
         "heldout": list(HeldoutPhotos(HELDOUT, SCALE).image_names),
-        "runs": runs["students"],
-        "summary": report_levers.summarize(runs["students"]),
+        "runs": students,
+        "summary": report_levers.summarize(students),
     }
 
 

@@ -124,6 +124,13 @@ def test_quick_lever_study_trains_only_the_levers(quick_run, train_launches, tmp
     assert "## Whole-run meta signal" in text and "| mkd_shuffle |" in text and "pure noise" in text
     assert (tmp_path / "levers_signal.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "levers.json").read_text())["regime"] == "levers"
+    # --stored-only trains nothing: an unstored run is left out, and with it its method's lone other seed
+    shutil.rmtree(tmp_path / "runs" / "mkd_k2-s1-n6")
+    launched = len(train_launches)
+    partial = bench_quality.main(["--quick", "--regime", "levers", "--stored-only", "--out", str(tmp_path)])
+    assert len(train_launches) == launched and partial["left_out"] == ["mkd_k2-s1-n6", "mkd_k2-s0-n6"]
+    assert {r["method"] for r in partial["summary"]} == {"mkd", "none", "mkd_shuffle"}
+    assert "**partial**: 2 runs not finished yet" in (tmp_path / "levers.md").read_text()
 
 
 def test_only_trains_the_named_methods_and_keeps_stored_runs(tmp_path):
