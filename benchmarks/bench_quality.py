@@ -27,7 +27,7 @@ Modes (one results folder, ``--out``, default ``benchmarks/results``):
 - ``--regime levers``: the meta step's levers (``quality.plan.LEVERS``) against frozen KRNets on the same
   data, and every meta-learned run's whole-run z against pure noise and the shuffled-target control
   (``quality/signal.py``; ``levers.{json,md}``, ``levers_signal.png``). ``--only`` trains a subset.
-- ``--stored-only`` (converged and levers regimes): train nothing, report the stored runs, name those left out.
+- ``--stored-only`` (converged and levers regimes): train nothing; report the stored runs and those left out.
 
 Resumable across machines: every finished run is scored at once and its record (``record.json``) and exported
 network go to ``<out>/runs/<name>/`` with the manifest ``<out>/students.json`` (``quality/store.py``); a run
