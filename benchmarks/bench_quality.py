@@ -26,8 +26,9 @@ Modes (one results folder, ``--out``, default ``benchmarks/results``):
   ``quality/curve.py``, then the methods at that budget (``converged.{json,md}``, ``converged_budget.png``).
 - ``--regime levers``: the meta step's levers (``quality.plan.LEVERS``) against frozen KRNets on the same
   data, and every meta-learned run's whole-run z against pure noise and the shuffled-target control
-  (``quality/signal.py``; ``levers.{json,md}``, ``levers_signal.png``). ``--only`` trains a subset.
+  (``quality/signal.py``; ``levers.{json,md}``, ``levers_signal.png``).
 - ``--stored-only`` (converged and levers regimes): train nothing; report the stored runs and those left out.
+  ``--only a,b`` trains only these methods or runs (a second process on another ``--cache`` shares the work).
 
 Resumable across machines: every finished run is scored at once and its record (``record.json``) and exported
 network go to ``<out>/runs/<name>/`` with the manifest ``<out>/students.json`` (``quality/store.py``); a run
@@ -163,8 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         type=lambda text: tuple(text.split(",")),
         default=(),
-        help="--regime levers: train only these methods (comma-separated); other runs are reported when "
-        "stored (a second process on another --cache can so add a lever while the study runs)",
+        help="converged or levers regime: train only these methods or runs (comma-separated names); other "
+        "runs are reported when stored (a second process on another --cache can so share the work)",
     )
     parser.add_argument(
         "--stored-only",
@@ -183,10 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sweep and (args.regime != "short" or args.measure):
         raise SystemExit("--sweep runs at the short regime's sizes: leave out --regime and --measure")
     args.mode = "sweep" if args.sweep else args.regime
-    if args.only and args.mode != "levers":
-        raise SystemExit("--only applies to --regime levers")
-    if args.stored_only and args.mode not in ("converged", "levers"):
-        raise SystemExit("--stored-only applies to --regime converged and --regime levers")
+    if (args.only or args.stored_only) and args.mode not in ("converged", "levers"):
+        raise SystemExit("--only and --stored-only apply to --regime converged and --regime levers")
     return args
 
 
@@ -254,7 +253,7 @@ def run(args: argparse.Namespace, ctx: pipeline.Context) -> dict[str, Any]:
     elif args.mode == "converged":
         result = collect_converged(ctx, pipeline.run_converged(ctx, teacher_threads), args)
     elif args.mode == "levers":
-        result = collect_levers(ctx, pipeline.run_levers(ctx, teacher_threads, args.only), args)
+        result = collect_levers(ctx, pipeline.run_levers(ctx, teacher_threads), args)
     else:
         result = collect(ctx, pipeline.run_all(ctx, teacher_threads, explore=args.explore), args)
     files = write_outputs(result, args.out)
@@ -292,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             tuned,
             git_commit(),
         )
-        ctx.stored_only = args.stored_only
+        pipeline.check_only(sizes, args.only)
+        ctx.stored_only, ctx.only = args.stored_only, args.only
         ctx.log(f"bench_quality: {args.command}; cache {args.cache}, results {args.out}")
         if args.measure:
             measure(ctx, args)

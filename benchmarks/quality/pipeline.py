@@ -41,7 +41,8 @@ class Context:
     tuned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     git_commit: str = "unknown"
     stored_only: bool = False  # report what is stored, train nothing (``--stored-only``)
-    left_out: list[str] = field(default_factory=list)  # runs not stored, left out under ``stored_only``
+    only: tuple[str, ...] = ()  # train only these methods or run names; others only when stored (``--only``)
+    left_out: list[str] = field(default_factory=list)  # runs not stored, left out by ``stored_only``/``only``
     start: float = field(default_factory=time.perf_counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _photos: dict[str, HeldoutPhotos] = field(default_factory=dict)
@@ -96,16 +97,30 @@ def score_run(ctx: Context, spec: RunSpec, record: dict[str, Any]) -> dict[str, 
     }
 
 
+def selected(ctx: Context, phase: str, specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """``specs`` less those that ``--stored-only`` or ``--only`` leave out (added to ``ctx.left_out``).
+
+    ``stored_only``: only stored runs; ``only``: stored runs and the runs of the named methods or names.
+    """
+    if not (ctx.stored_only or ctx.only):
+        return list(specs)
+    chosen = set() if ctx.stored_only else set(ctx.only)
+    missing = [
+        x.name
+        for x in specs
+        if x.method not in chosen and x.name not in chosen and store.load(ctx.store, x) is None
+    ]
+    ctx.left_out += missing
+    if missing:
+        ctx.log(f"phase {phase}: {len(missing)} runs not stored, left out (--stored-only / --only)")
+    return [x for x in specs if x.name not in missing]
+
+
 def run_phase(
     ctx: Context, name: str, specs: Sequence[RunSpec], threads: int | None = None, jobs: int | None = None
 ) -> list[dict[str, Any]]:
     """Run ``specs`` (``jobs`` at a time): stored runs are read back, others trained, scored and stored."""
-    if ctx.stored_only:
-        missing = [x.name for x in specs if store.load(ctx.store, x) is None]
-        ctx.left_out += missing
-        specs = [x for x in specs if x.name not in missing]
-        if missing:
-            ctx.log(f"phase {name}: {len(missing)} runs not stored, left out (--stored-only)")
+    specs = selected(ctx, name, specs)
     ctx.log(f"phase {name}: {len(specs)} runs")
     phase_start = time.perf_counter()
     threads = ctx.threads if threads is None else threads
@@ -304,28 +319,29 @@ def run_converged(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
     return {"teacher": teacher, "students": students, "budget": budget}
 
 
-def lever_specs(ctx: Context, only: Sequence[str] = ()) -> list[RunSpec]:
-    """``methods`` and ``levers`` at the equal-iteration budget, seed-major (the methods keep their names).
+def check_only(sizes: Sizes, only: Sequence[str]) -> None:
+    """Refuse an ``--only`` entry that is neither a method of ``sizes`` nor a run name of one."""
+    methods = {*sizes.methods, *sizes.levers}
+    unknown = sorted(x for x in only if x not in methods and x.split("-", 1)[0] not in methods)
+    if unknown:
+        raise ValueError(f"--only: unknown methods or runs {unknown}, choose from {sorted(methods)}")
 
-    ``only``: train only the runs of these methods; the others are kept when stored, else left out.
-    """
+
+def lever_specs(ctx: Context) -> list[RunSpec]:
+    """``methods`` and ``levers`` at the equal-iteration budget, seed-major (the methods keep their names)."""
     s = ctx.sizes
     group = {m: "levers" if m in LEVERS else "equal_iterations" for m in (*s.methods, *s.levers)}
-    unknown = sorted(set(only) - set(group))
-    if unknown:
-        raise ValueError(f"--only: unknown methods {unknown}, choose from {sorted(group)}")
-    specs = [
+    return [
         student_spec(s, m, seed, s.iterations, group[m], weights_for(m, ctx.tuned))
         for seed in s.seeds
         for m in (*s.methods, *s.levers)
     ]
-    return [x for x in specs if not only or x.method in only or store.load(ctx.store, x) is not None]
 
 
-def run_levers(ctx: Context, threads_teacher: int | None, only: Sequence[str] = ()) -> dict[str, Any]:
+def run_levers(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
     """The teacher, then the lever study (``plan.LEVER_STUDY``): every method and lever, every seed."""
     teacher = run_teacher(ctx, threads_teacher)
-    return {"teacher": teacher, "students": run_phase(ctx, "levers", lever_specs(ctx, only))}
+    return {"teacher": teacher, "students": run_phase(ctx, "levers", lever_specs(ctx))}
 
 
 def run_sweep(ctx: Context, threads_teacher: int | None, grid: dict, seeds: Sequence[int]) -> dict[str, Any]:

@@ -133,18 +133,23 @@ def test_quick_lever_study_trains_only_the_levers(quick_run, train_launches, tmp
     assert "**partial**: 2 runs not finished yet" in (tmp_path / "levers.md").read_text()
 
 
-def test_only_trains_the_named_methods_and_keeps_stored_runs(tmp_path):
+def test_only_and_stored_only_select_runs_and_name_those_left_out(tmp_path):
     from quality import pipeline, store
 
     ctx = pipeline.Context(tmp_path / "cache", QUICK_LEVERS, 1, 1, tmp_path / "log", store=tmp_path / "store")
     every = pipeline.lever_specs(ctx)
     assert len(every) == len(QUICK_LEVERS.seeds) * (len(QUICK_LEVERS.methods) + len(QUICK_LEVERS.levers))
-    assert {s.method for s in pipeline.lever_specs(ctx, ("mkd_k2",))} == {"mkd_k2"}
+    assert pipeline.selected(ctx, "levers", every) == every and ctx.left_out == []
     stored = next(s for s in every if s.method == "mkd")
     network = tmp_path / "student.pt"
     network.write_bytes(b"net")
     store.save(ctx.store, stored, {"psnr_y": 1.0}, network, "abc")
-    kept = pipeline.lever_specs(ctx, ("mkd_k2",))
-    assert stored in kept and {s.method for s in kept} == {"mkd_k2", "mkd"}
-    with pytest.raises(ValueError, match=r"--only: unknown methods \['mkd_typo'\]"):
-        pipeline.lever_specs(ctx, ("mkd_typo",))
+    ctx.only = ("mkd_k2", "none-s1-n6")  # a method and a run
+    picked = pipeline.selected(ctx, "levers", every)
+    assert {x.name for x in picked} == {stored.name, "none-s1-n6", "mkd_k2-s0-n6", "mkd_k2-s1-n6"}
+    assert set(ctx.left_out) == {x.name for x in every} - {x.name for x in picked}
+    ctx.only, ctx.stored_only, ctx.left_out = (), True, []
+    assert pipeline.selected(ctx, "levers", every) == [stored] and len(ctx.left_out) == len(every) - 1
+    pipeline.check_only(QUICK_LEVERS, ("mkd_k2", "none-s1-n6"))
+    with pytest.raises(ValueError, match=r"--only: unknown methods or runs \['mkd_typo'\]"):
+        pipeline.check_only(QUICK_LEVERS, ("mkd_typo", "mkd-s0-n6"))
