@@ -1,5 +1,5 @@
 """The results pages are the committed results, verbatim (a re-run that changes a file changes its page), and
-the README's headline table is rows of the committed quality report."""
+the README's tables are rows of the committed converged and lever reports."""
 
 from __future__ import annotations
 
@@ -58,12 +58,22 @@ def test_every_markdown_report_is_a_page_verbatim(docs_pages, tmp_path):
     assert "(levers.md)" in found["index.md"]
 
 
-def test_readme_headline_rows_are_the_committed_quality_report():
+def test_readme_tables_are_rows_of_the_committed_reports():
+    """The headline table is the converged report's; "Is it worth it?" quotes the lever study's rows."""
     readme = (ROOT / "README.md").read_text()
-    report = (RESULTS / "quality.md").read_text()
-    table = table_after(readme, "## Headline result").splitlines()
-    assert len(table) >= 4 and table[0] == table_after(report, "## Equal iterations").splitlines()[0]
-    for row in table:
-        assert row in report.splitlines(), row
+    converged = (RESULTS / "converged.md").read_text()
+    headline = table_after(readme, "## Headline result").splitlines()
+    assert (
+        len(headline) >= 4
+        and headline[0] == table_after(converged, "## Methods at the budget").splitlines()[0]
+    )
+    for row in headline:
+        assert row in converged.splitlines(), row
     section = readme.split("## Is it worth it?", 1)[1].split("\n## ", 1)[0]
-    assert "benchmarks/results/quality.md" in section
+    levers = (RESULTS / "levers.md").read_text()
+    for heading in ("## Quality", "## Whole-run meta signal"):
+        quoted = table_after(section, heading.replace("## ", "### ")).splitlines()
+        assert len(quoted) >= 4 and quoted[0] == table_after(levers, heading).splitlines()[0], heading
+        for row in quoted:
+            assert row in levers.splitlines(), row
+    assert "benchmarks/results/levers.md" in section and "benchmarks/results/converged.md" in readme
