@@ -25,7 +25,8 @@ def _by_seed(records: Sequence[Mapping[str, Any]], metric: str) -> dict[int, flo
 
 def _paired(records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]]) -> dict | None:
     same = {(r["method"], r["group"]) for r in records} == {(r["method"], r["group"]) for r in reference}
-    if not reference or same:
+    common = {int(r["seed"]) for r in records} & {int(r["seed"]) for r in reference}
+    if not reference or same or len(common) < 2:  # < 2 paired seeds: only in a partial (--stored-only) report
         return None
     return {m: paired_difference(_by_seed(records, m), _by_seed(reference, m)) for m in METRICS}
 

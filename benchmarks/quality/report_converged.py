@@ -32,6 +32,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         frozen, _ = _delta(r["vs_frozen"]["psnr_y"] if r["vs_frozen"] else None)
         if r["method"] != "mkd_frozen" and r["vs_frozen"] is None:
             frozen = "-"  # no mkd_frozen runs to pair with
+        if r["method"] != "none" and r["vs_scratch"] is None:
+            scratch = "-"  # fewer than 2 seeds paired with scratch (a partial report)
         lines.append(
             f"| {r['method']} | {r['iterations']} | {len(r['seeds'])} | {_pm(r['psnr_y'], 3)} | "
             f"{_pm(r['ssim_y'], 4)} | {scratch} | {frozen} | {_num(r['cpu_s_per_it'], 4)} "

@@ -48,7 +48,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for r in rows:
         ref = _delta(r["vs_frozen"]["psnr_y"])[0] if r["vs_frozen"] else "-"
-        scratch = _delta(r["vs_scratch"]["psnr_y"])[0] if r["vs_scratch"] else "(scratch)"
+        scratch = _delta(r["vs_scratch"]["psnr_y"])[0] if r["vs_scratch"] else "-"
+        scratch = "(scratch)" if r["method"] == "none" else scratch
         mkd = _delta(r["vs_mkd"]["psnr_y"])[0] if r["vs_mkd"] else "-"
         lines.append(
             f"| {r['method']} | {r['reference']} | {len(r['seeds'])} | {_pm(r['psnr_y'], 3)} | {ref} | "

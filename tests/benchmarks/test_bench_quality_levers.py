@@ -153,3 +153,19 @@ def test_only_and_stored_only_select_runs_and_name_those_left_out(tmp_path):
     pipeline.check_only(QUICK_LEVERS, ("mkd_k2", "none-s1-n6"))
     with pytest.raises(ValueError, match=r"--only: unknown methods or runs \['mkd_typo'\]"):
         pipeline.check_only(QUICK_LEVERS, ("mkd_typo", "mkd-s0-n6"))
+
+
+def test_a_partial_report_pairs_only_methods_with_two_common_seeds():
+    records = [
+        _run("mkd", 0, 28.0),
+        _run("mkd", 2, 28.1),
+        _run("mkd_frozen", 0, 27.9),
+        _run("mkd_frozen", 1, 27.95),
+        _run("none", 0, 27.0),
+        _run("none", 2, 27.1),
+    ]
+    rows = {r["method"]: r for r in summarize(records)}
+    assert rows["mkd"]["vs_frozen"] is None  # seeds {0, 2} and {0, 1}: one pair
+    assert rows["mkd"]["vs_scratch"]["psnr_y"]["mean"] == pytest.approx(1.0)
+    lines = {line.split(" | ")[0]: line.split(" | ") for line in table(list(rows.values()))}
+    assert lines["| mkd"][4] == "-" and lines["| mkd_frozen"][5] == "-" and lines["| none"][5] == "(scratch)"
