@@ -7,28 +7,18 @@ within float32 error of ``k + 0.5``; only such pixels may differ, and only by on
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from bicubic_pytorch import core as bicubic_core
 
+from helpers.oracles import load_oracle
 from meta_kd_sr.data.imresize import imresize, imresize_uint8, min_resizable, resizable
 
-
-def _load_oracle(name: str):
-    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_oracle("matlab_imresize_reference")
+ref = load_oracle("matlab_imresize_reference")
 
 FLOAT32_TIE_BAND = 2e-4  # in uint8 levels; observed float32 error of the library <= 8e-5 levels
 FLOAT64_TIE_BAND = 1e-9

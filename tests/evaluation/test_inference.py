@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.oracles import load_oracle
 from meta_kd_sr.data.imresize import imresize
 from meta_kd_sr.evaluation.inference import self_ensemble, tiled_forward, upscale_bicubic
-
-
-def _load_oracle(name: str):
-    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _local_model(scale: int, layers: int, seed: int = 0) -> nn.Module:
@@ -147,7 +138,7 @@ def test_upscale_bicubic_is_matlab_bicubic(photo_batch):
     sr = upscale_bicubic(lq, 4)
     assert sr.shape == (2, 3, 96, 120)
     assert torch.equal(sr, imresize(lq, 4))
-    oracle = _load_oracle("matlab_imresize_reference")
+    oracle = load_oracle("matlab_imresize_reference")
     for image, out in zip(lq, sr):
         expected = oracle.matlab_imresize(image.permute(1, 2, 0).double().numpy(), 4)
         np.testing.assert_allclose(out.permute(1, 2, 0).double().numpy(), expected, rtol=0, atol=1e-6)

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import kornia
 import numpy as np
@@ -11,19 +9,11 @@ import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from helpers.oracles import load_oracle
 from meta_kd_sr.data.imresize import imresize
 from meta_kd_sr.evaluation.metrics import PSNRY, SSIMY, psnr_y, quantize, rgb_to_y, sr_metrics, ssim_y
 
-
-def _load_oracle(name: str):
-    path = Path(__file__).parents[1] / "oracles" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_oracle_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_oracle("sr_metrics_reference")
+ref = load_oracle("sr_metrics_reference")
 
 
 def _to_tensor(images_uint8: list[np.ndarray]) -> torch.Tensor:
