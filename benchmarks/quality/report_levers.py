@@ -33,6 +33,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for method in dict.fromkeys(r["method"] for r in records):
         reference = None if method == "none" else reference_of(method)
+        reference = None if reference == method else reference
         frozen = select(reference) if reference else []
         row = summarize_method(select(method), select("none"), select("mkd"), frozen)
         rows.append(row | {"reference": reference or "-", "signal": pooled(select(method))})

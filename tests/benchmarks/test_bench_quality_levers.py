@@ -91,7 +91,7 @@ def test_each_lever_is_paired_with_the_frozen_run_on_its_data():
     assert rows["mkd_natural"]["vs_frozen"]["psnr_y"]["ci"] == pytest.approx(want["ci"])
     assert rows["mkd"]["vs_frozen"]["psnr_y"]["mean"] == pytest.approx(0.05)
     assert rows["none"]["reference"] == "-" and rows["none"]["vs_frozen"] is None
-    assert rows["mkd_frozen"]["vs_frozen"] is None
+    assert rows["mkd_frozen"]["reference"] == "-" and rows["mkd_frozen"]["vs_frozen"] is None
     lines = {line.split(" | ")[0]: line for line in table(list(rows.values()))}
     low, high = want["ci"]
     assert f"| {want['mean']:+.3f} [{low:+.3f}, {high:+.3f}] |" in lines["| mkd_natural"]  # d = (.1, 0, .2)
