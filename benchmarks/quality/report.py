@@ -146,7 +146,8 @@ def partial_lines(result: Mapping[str, Any]) -> list[str]:
     if not left:
         return []
     return [
-        f"- **partial**: {len(left)} runs not finished yet, left out (rerun without --stored-only): "
+        f"- **partial**: {len(left)} runs left out, not finished yet or their method's only finished seed "
+        "(rerun without --stored-only): "
         + ", ".join(left)
     ]
 

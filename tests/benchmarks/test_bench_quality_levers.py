@@ -130,7 +130,7 @@ def test_quick_lever_study_trains_only_the_levers(quick_run, train_launches, tmp
     partial = bench_quality.main(["--quick", "--regime", "levers", "--stored-only", "--out", str(tmp_path)])
     assert len(train_launches) == launched and partial["left_out"] == ["mkd_k2-s1-n6", "mkd_k2-s0-n6"]
     assert {r["method"] for r in partial["summary"]} == {"mkd", "none", "mkd_shuffle"}
-    assert "**partial**: 2 runs not finished yet" in (tmp_path / "levers.md").read_text()
+    assert "**partial**: 2 runs left out, not finished yet" in (tmp_path / "levers.md").read_text()
 
 
 def test_only_and_stored_only_select_runs_and_name_those_left_out(tmp_path):
