@@ -1,13 +1,12 @@
 """Write ``docs/reference/config.md``: every entry config and every option of every group in ``conf/``.
 
 Run ``python scripts/gen_config_docs.py`` after changing ``conf/``; ``tests/docs/test_config_page.py`` fails
-while the committed page differs from what this script writes. Each file is shown as it is (comments are the
-documentation of its keys), with notes meant for the project's developers rewritten for readers.
+while the committed page differs from what this script writes. Each file is shown as it is: its comments are
+the documentation of its keys.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -20,34 +19,20 @@ ENTRY = {
     "prepare": "meta-kd-sr-prepare",
     "upscale": "meta-kd-sr-upscale",
 }
-# Internal design notes in comments, rewritten for the reader of the page.
-REWRITES = (
-    (re.compile(r"\s*\(SPEC §[\d\-–]+\)"), ""),
-    (re.compile(r",\s*SPEC §[\d\-–]+\."), "."),
-    (re.compile(r"\bthe SPEC's "), "the reference "),
-    (re.compile(r"\bthe README's\b"), "the docs'"),
-    (re.compile(r"\bREADME\b"), "docs"),
-)
-
-
-def _reader_text(text: str) -> str:
-    for pattern, repl in REWRITES:
-        text = pattern.sub(repl, text)
-    return text
 
 
 def _summary(path: Path) -> str:
     """The first comment line of a config file (its one-line description), or ''."""
     for line in path.read_text().splitlines():
         if line.startswith("#"):
-            return _reader_text(line.lstrip("# ").strip()).replace("|", "\\|")
+            return line.lstrip("# ").strip().replace("|", "\\|")
         if line.strip():
             return ""
     return ""
 
 
 def _block(path: Path) -> str:
-    return f"```yaml\n{_reader_text(path.read_text()).rstrip()}\n```\n"
+    return f"```yaml\n{path.read_text().rstrip()}\n```\n"
 
 
 def groups(conf: Path = CONF) -> dict[str, list[Path]]:

@@ -1,4 +1,4 @@
-"""KRNet: learned, texture-aware knowledge representation for feature distillation (SPEC §4).
+"""KRNet: learned, texture-aware knowledge representation for feature distillation (docs/method.md).
 
 A KRNet turns the teacher-student residual at one distilled position into texture-wise supervision: a small
 generator G_phi reads the student feature and the teacher-student correlation R and emits N zero-mean,

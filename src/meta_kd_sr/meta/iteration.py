@@ -1,4 +1,4 @@
-"""One training iteration (SPEC §5) after the teacher forward: ``run_iteration``.
+"""One training iteration (docs/method.md) after the teacher forward: ``run_iteration``.
 
 It reads and changes only what it is given: the student, the distiller (KD losses, adapters, KRNets), the
 optimizers and the batch. ``SRModule.iteration`` runs the teacher forward and calls it.

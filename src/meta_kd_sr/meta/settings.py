@@ -42,7 +42,7 @@ def precision_problem(precision: str, meta_enabled: bool) -> str | None:
 
 @dataclass
 class MetaSettings:
-    """How and when the KRNets are meta-learned (SPEC §5).
+    """How and when the KRNets are meta-learned (docs/method.md).
 
     Attributes:
         enabled: run the meta step when the distiller has meta parameters (``False``: KRNets stay frozen).
@@ -62,7 +62,7 @@ class MetaSettings:
             theta' from each rank's own batch (one collective less per meta step; an approximation: the
             KRNets still get the rank-averaged meta-gradient and stay identical, but the meta-gradient is
             that of N pseudo steps on batches of b, not of one on N*b). Same result on one process.
-        objective: the meta loss on the meta batch at theta': "l1" (SPEC §5 step 4) or "mse" (the
+        objective: the meta loss on the meta batch at theta': "l1" (the bilevel objective) or "mse" (the
             quantity PSNR measures).
         health_window: time constant, in meta steps, of the meta-gradient noise share that
             ``meta.health.MetaHealth`` logs (``train/meta_noise_share``).

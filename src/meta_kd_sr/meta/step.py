@@ -1,4 +1,4 @@
-"""The meta step (SPEC §5): the exact second-order meta-gradient of the KRNet parameters.
+"""The meta step (docs/method.md): the exact second-order meta-gradient of the KRNet parameters.
 
 theta' = theta - step(grad_theta inner_loss(theta, phi)) is a differentiable pseudo update of the student that
 is never applied; the meta loss L_meta = L1(S_theta'(meta_lq), meta_gt) depends on phi only through theta', so

@@ -12,7 +12,7 @@ class EDSR(SRNet):
 
     ``conv_first -> n_blocks ResBlocks -> conv_after_body -> + long skip -> upsample -> conv_last``.
 
-    Sizes used in this project (SPEC §2), all presets of this one class:
+    Sizes used in this project, all presets of this one class:
 
     - teacher (EDSR): ``n_blocks=32, n_feats=256, res_scale=0.1`` (43.1 M parameters at x4);
     - student (EDSR-baseline): ``n_blocks=16, n_feats=64, res_scale=1`` (1,517,571 parameters at x4,

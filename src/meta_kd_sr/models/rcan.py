@@ -13,7 +13,7 @@ class RCAN(SRNet):
     ``conv_first -> n_groups ResidualGroups (n_blocks RCABs + conv, short skip) -> conv_after_body
     -> + long skip -> upsample -> conv_last``.
 
-    Sizes used in this project (SPEC §2), all presets of this one class:
+    Sizes used in this project, all presets of this one class:
 
     - teacher: ``n_groups=10, n_blocks=20, n_feats=64, reduction=16`` (15,592,355 parameters at x4; the
       commonly quoted 15,592,379 also counts the official code's two frozen 1x1 MeanShift convs);

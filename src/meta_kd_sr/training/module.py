@@ -220,7 +220,7 @@ class SRModule(pl.LightningModule):
     def iteration(
         self, batch: Mapping[str, Any], opt_student: AnyOptimizer, opt_krnet: AnyOptimizer | None = None
     ) -> StepOutputs:
-        """One training iteration (SPEC §5): the teacher forward, then ``meta.iteration.run_iteration``.
+        """One training iteration (docs/method.md): teacher forward, then ``meta.iteration.run_iteration``.
 
         Works outside a Trainer too (benchmarks, notebooks): the backward is ``manual_backward`` when a
         trainer is attached, ``loss.backward()`` otherwise.
