@@ -147,8 +147,7 @@ def partial_lines(result: Mapping[str, Any]) -> list[str]:
         return []
     return [
         f"- **partial**: {len(left)} runs left out, not finished yet or their method's only finished seed "
-        "(rerun without --stored-only): "
-        + ", ".join(left)
+        "(rerun without --stored-only): " + ", ".join(left)
     ]
 
 

@@ -7,17 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from .report import _delta, _num, _pm, health_table, partial_lines, summarize_method
+from .report_levers import signal_table
+from .signal import pooled
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per method (paired against scratch, MKD and mkd_frozen at the same budget)."""
+    """One row per method: paired against scratch, MKD and mkd_frozen at the same budget; its meta signal."""
 
     def select(method: str) -> list[Mapping[str, Any]]:
         return [r for r in records if r["method"] == method]
 
     methods = list(dict.fromkeys(r["method"] for r in records))
     scratch, mkd, frozen = select("none"), select("mkd"), select("mkd_frozen")
-    return [summarize_method(select(m), scratch, mkd, frozen) for m in methods if len(select(m)) >= 1]
+    return [
+        summarize_method(select(m), scratch, mkd, frozen) | {"signal": pooled(select(m))}
+        for m in methods
+        if len(select(m)) >= 1
+    ]
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -88,6 +94,14 @@ def markdown(result: Mapping[str, Any]) -> str:
         "## Meta signal (mean over seeds)",
         "",
         *health_table({"converged": result["summary"]}),
+        "",
+        "## Whole-run meta signal",
+        "",
+        "z = |Σ g| / (sd(g) √N) per KRNet weight over a run's N meta-gradients (pure noise: a half-normal); "
+        "a weight with a steady direction has a z that grows like √N, so its share above 3 grows with the "
+        "budget. Runs stored before the signal file existed have none (`runs` counts those that do).",
+        "",
+        *signal_table(result["summary"]),
     ]
     return "\n".join(lines) + "\n"
 

@@ -134,6 +134,10 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
     assert rows["mkd"]["vs_scratch"]["psnr_y"]["n"] == len(QUICK_CONVERGED.seeds)
     text = (quick_regimes / "converged.md").read_text()
     assert "## Student budget" in text and "| mkd |" in text and "tuned by the sweep" in text
+    signal = text.split("## Whole-run meta signal", 1)[1]  # z of every KRNet weight, pooled over the seeds
+    seeds = len(QUICK_CONVERGED.seeds)
+    assert rows["mkd"]["signal"]["runs"] == seeds and f"| mkd | {seeds} |" in signal
+    assert "| pure noise (half-normal) |" in signal and "| none |" not in signal
     assert (quick_regimes / "converged_budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
