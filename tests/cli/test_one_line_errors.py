@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import logging
 import shutil
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from helpers.train_config import FAST, compose_train
 from meta_kd_sr.cli import config_dir, evaluate, export, prepare, train, upscale
@@ -74,6 +76,19 @@ def test_missing_teacher_is_one_line_naming_the_shipped_teacher_and_the_recipe(t
     err = _run(monkeypatch, capsys, train.main, *argv)
     assert err.startswith("meta-kd-sr-train: error: teacher.ckpt_path is not set"), err
     assert "tiny_teacher_x4.pt" in err and "experiment=tiny_teacher" in err
+
+
+def test_unknown_speed_option_is_one_line_naming_the_known_ones(tmp_path, monkeypatch, capsys):
+    argv = ["experiment=tiny_sr", "+speed.channel_last=true", f"hydra.run.dir={tmp_path / 'run'}"]
+    err = _run(monkeypatch, capsys, train.main, *argv)
+    assert err == (
+        "meta-kd-sr-train: error: unknown speed option(s) ['channel_last']: "
+        "choose from ['channels_last', 'compile_teacher', 'compile_student']"
+    )
+    module_options = inspect.signature(train.SRModule).parameters
+    assert all(module_options[name].default is False for name in train.SPEED_OPTIONS)
+    speed = OmegaConf.load(Path(config_dir()) / "train.yaml").speed
+    assert tuple(speed) == train.SPEED_OPTIONS
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ from meta_kd_sr.training.teacher import MISSING_TEACHER, load_teacher
 
 log = logging.getLogger(__name__)
 drop_exact_log(*ALEMBIC_NOTE)  # before Hydra starts an Optuna sweeper, which imports alembic
+SPEED_OPTIONS = ("channels_last", "compile_teacher", "compile_student")  # conf/train.yaml: speed
 
 
 def build_module(cfg: DictConfig) -> SRModule:
@@ -77,10 +78,19 @@ def build_module(cfg: DictConfig) -> SRModule:
         scale=cfg.scale,
         val_self_ensemble=cfg.val.self_ensemble,
         val_tile=cfg.val.tile,
-        **{name: bool(on) for name, on in (cfg.get("speed") or {}).items()},  # channels_last, compile_*
+        **_speed(cfg),
         student_config=_container(cfg.model),
         teacher_config=_teacher_config(cfg, teacher),
     )
+
+
+def _speed(cfg: DictConfig) -> dict[str, bool]:
+    """The ``speed`` options as ``SRModule`` keywords; an unknown one is refused in one line."""
+    options = dict(cfg.get("speed") or {})
+    unknown = sorted(set(options) - set(SPEED_OPTIONS))
+    if unknown:
+        raise RunRefused(f"unknown speed option(s) {unknown}: choose from {list(SPEED_OPTIONS)}")
+    return {str(name): bool(on) for name, on in options.items()}
 
 
 def _channels(net: nn.Module) -> dict[str, int]:
