@@ -36,10 +36,21 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def repository_of(store: Path) -> Path | None:
+    """The git checkout that holds ``store`` (its nearest folder with a ``.git``), or None."""
+    store = Path(store).resolve()
+    return next((p for p in (store, *store.parents) if (p / ".git").exists()), None)
+
+
 def shown(path: Path, store: Path) -> str:
-    """``path`` relative to the repository when inside it, else relative to ``store``."""
+    """``path`` relative to the checkout that holds ``store`` when inside it, else relative to ``store``.
+
+    The checkout is the store's, not the running code's: a benchmark run from another checkout with ``--out``
+    pointing here writes the same paths as one run from here.
+    """
     path = Path(path).resolve()
-    base = REPO if path.is_relative_to(REPO) else Path(store).resolve()
+    repo = repository_of(store) or REPO
+    base = repo if path.is_relative_to(repo) else Path(store).resolve()
     return str(path.relative_to(base))
 
 

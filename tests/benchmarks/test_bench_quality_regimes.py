@@ -165,6 +165,18 @@ def _committed_students() -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def test_paths_are_relative_to_the_checkout_that_holds_the_store(tmp_path):
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    inside = tmp_path / "repo" / "benchmarks" / "results"
+    network = inside / "runs" / "a-s0-n8" / "student.pt"
+    assert store.repository_of(inside) == tmp_path / "repo"
+    assert store.shown(network, inside) == "benchmarks/results/runs/a-s0-n8/student.pt"
+    outside = tmp_path / "out"  # in no checkout: relative to the store
+    assert store.repository_of(outside) is None
+    assert store.shown(outside / "runs" / "a-s0-n8" / "student.pt", outside) == "runs/a-s0-n8/student.pt"
+    assert store.shown(RESULTS / "students.json", RESULTS) == "benchmarks/results/students.json"
+
+
 def test_a_committed_student_rescores_to_its_row():
     students = [s for s in _committed_students() if s["method"] != "teacher"]
     assert students, "benchmarks/results/students.json lists no committed student"
