@@ -1,4 +1,5 @@
-"""Two CPU ranks on gloo compute the update of one process with the doubled batch (SPEC §5, DDP semantics).
+"""Two CPU ranks on gloo compute the update of one process with the doubled batch (DDP semantics: see
+docs/guides/multi-gpu.md).
 
 One ``torchrun`` of two processes and one single-process run execute the same plan of tiny 3-iteration
 trainings (global batch 4: 2 per rank); the tests compare what every rank dumped.
@@ -19,6 +20,10 @@ from meta_kd_sr.models import EDSR
 # gloo sums over ranks in another order than one process sums over the batch: float32 runs agree to
 # (measured) ~6e-7 relative, float64 runs to ~1e-14; nothing else differs.
 RTOL = {"float32": 1e-5, "float64": 1e-12}
+# Except one float32 run: a meta step every 2 iterations agreed to ~6e-7 on one CPU and to 1.5e-4 on another
+# (Adam turns the rounding of its plain iteration into step-sized differences); its float64 twin
+# (mkd_every2_f64) holds it to 1e-12, which is what shows the semantics are exact.
+RTOL_RUN = {"mkd_every2": 1e-3}
 STEPS = 3
 _MKD = ["distill.loss.hidden=8"]
 _NO_VAL = ["++trainer.limit_val_batches=0"]
@@ -28,6 +33,7 @@ RUNS = {
     "mkd_func": ["meta.engine=func", *_MKD, *_NO_VAL],
     # iterations 0 and 2 reduce by hand (meta step), iteration 1 through DDP's backward
     "mkd_every2": ["meta.every_n_steps=2", *_MKD, *_NO_VAL],
+    "mkd_every2_f64": ["meta.every_n_steps=2", *_MKD, *_NO_VAL, *_F64],
     "fakd": ["distill=fakd", *_NO_VAL],
     "mkd_higher_f64": ["meta.engine=higher", *_MKD, *_NO_VAL, *_F64],
     "mkd_func_f64": ["meta.engine=func", *_MKD, *_NO_VAL, *_F64],
@@ -112,7 +118,7 @@ def test_two_ranks_equal_one_process_with_doubled_batch(dumps, name):
     diff = max_rel_diff(rank0, ref)
     dtype = str(ref["student"]["conv_first.weight"].dtype).removeprefix("torch.")
     print(f"{name}: max relative difference 2 ranks vs 1 process {diff:.2e} (parameters moved {moved:.2e})")
-    assert diff <= RTOL[dtype]
+    assert diff <= RTOL_RUN.get(name, RTOL[dtype])
     if name.startswith("mkd"):
         krnet_moved = max(
             float((ref["krnets"][k] - ref["initial"]["krnets"][k]).abs().max()) for k in ref["krnets"]

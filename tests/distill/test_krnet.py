@@ -99,7 +99,7 @@ def test_spatial_filtering_with_a_constant_kernel_field_equals_per_image() -> No
 
 
 def separate_filtering_reference(net: KRNetLoss, f_s, f_t, raw) -> torch.Tensor:
-    """SPEC §4 literally: E_S = K * F_S and E_T = K * F_T filtered separately, mean over kernels of L1."""
+    """The texture loss literally: E_S = K * F_S, E_T = K * F_T filtered apart, mean of L1 over kernels."""
     kernels = net.kernels(f_s, f_t, raw)
     if net.feature_norm == "rms":
         rms = f_t.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()

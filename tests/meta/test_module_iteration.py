@@ -1,4 +1,4 @@
-"""SRModule.iteration with meta learning == the SPEC §5 steps written out with plain autograd (float64)."""
+"""SRModule.iteration with meta learning == the steps of docs/method.md, written with plain autograd (f64)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EDSR: feature positions against a hand-run of its weights, parameter counts of the SPEC presets."""
+"""EDSR: feature positions against a hand-run of its weights, parameter counts of the paper-scale presets."""
 
 from __future__ import annotations
 
