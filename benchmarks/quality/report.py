@@ -220,6 +220,39 @@ def _negate(diff: Mapping[str, Any]) -> dict[str, Any]:
     return {**diff, "mean": -diff["mean"], "t": -diff["t"], "ci": [-high, -low]}
 
 
+def before_rows(old: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The equal-iteration rows of an earlier short-regime result: method, PSNR_y and its Δ vs scratch."""
+    return [
+        {
+            "method": r["method"],
+            "psnr_y": r["psnr_y"],
+            "vs_scratch": r["vs_scratch"]["psnr_y"] if r["vs_scratch"] else None,
+        }
+        for r in old["summary"]["equal_iterations"]
+    ]
+
+
+def before_after_table(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each method's equal-iteration PSNR_y and Δ vs scratch before (``before_rows``) and after the sweep.
+
+    Methods in only one of the two are left out; the order is ``after``'s.
+    """
+    old = {r["method"]: r for r in before}
+    lines = [
+        "| method | PSNR_y before (dB) | PSNR_y after (dB) | Δ PSNR_y vs scratch before "
+        "| Δ PSNR_y vs scratch after |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in after:
+        if r["method"] in old:
+            o = old[r["method"]]
+            then = _delta(o["vs_scratch"])[0]
+            now = _delta(r["vs_scratch"]["psnr_y"] if r["vs_scratch"] else None)[0]
+            psnr = f"{_pm(o['psnr_y'], 3)} | {_pm(r['psnr_y'], 3)}"
+            lines.append(f"| {r['method']} | {psnr} | {then} | {now} |")
+    return lines
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """The whole report: header (command, date, machine, commit), setup, both tables, MKD's comparisons."""
     m, s, t = result["machine"], result["sizes"], result["teacher"]
@@ -245,6 +278,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "excludes 0. CPU s/it, CPU s and wall s: training iterations only, timed inside each run (one torch "
         "thread per run: CPU time is the wall time of an idle core).",
     ]
+    if "weights" in result:  # results written before the sweep existed have none
+        lines.insert(-3, f"- loss weights: {result['weights']}")
     for group, rows in result["summary"].items():
         if rows and group != "explore":
             title = GROUP_TITLES[group]
@@ -255,6 +290,17 @@ def markdown(result: Mapping[str, Any]) -> str:
             else:
                 title += f" ({s['iterations']})"
             lines += ["", f"## {title}", "", *table(rows)]
+    before = result.get("before_sweep")
+    if before and result["summary"].get("equal_iterations"):
+        lines += [
+            "",
+            f"## Before and after the loss-weight sweep ({s['iterations']} iterations)",
+            "",
+            f"Before: the presets' loss weights, from `{before['file']}` (commit {before['git_commit'][:7]}, "
+            f"{before['date'][:10]}). After: this report's weights. Same sizes, seeds and held-out photos.",
+            "",
+            *before_after_table(before["rows"], result["summary"]["equal_iterations"]),
+        ]
     lines += ["", "## MKD against each method (paired)", "", *mkd_table(result["summary"])]
     if result["summary"].get("explore"):
         lines += [

@@ -19,7 +19,7 @@ from meta_kd_sr.runtime.finite import finite_or_none
 
 from . import pipeline, report_converged, report_levers, store, sweep
 from .heldout import HELDOUT, SWEEP_VAL, HeldoutPhotos
-from .report import markdown, plot_front, summarize
+from .report import before_rows, markdown, plot_front, summarize
 
 REPO = store.REPO
 SCALE = pipeline.SCALE
@@ -105,6 +105,25 @@ def weights_used(ctx: pipeline.Context, args: argparse.Namespace) -> str:
     return f"tuned by the sweep ({portable(str(args.weights))}): {chosen}"
 
 
+# The short regime's record made with the presets' loss weights, before the sweep chose them: the report
+# sets its equal-iteration rows beside this run's when the file is in the results folder.
+UNTUNED = "quality_untuned.json"
+
+
+def before_sweep(out: Path) -> dict[str, Any] | None:
+    """``out/quality_untuned.json``'s file, commit, date and equal-iteration rows, or ``None`` if absent."""
+    path = out / UNTUNED
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return {
+        "file": portable(str(path)),
+        "git_commit": old["git_commit"],
+        "date": old["date"],
+        "rows": before_rows(old),
+    }
+
+
 def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The statistics and the JSON result of the short regime."""
     from meta_kd_sr.cli.evaluate import score_dataset
@@ -119,6 +138,7 @@ def collect(ctx: pipeline.Context, runs: dict[str, Any], args: argparse.Namespac
     return {
         **header(ctx, args, teacher),
         "weights": weights_used(ctx, args),
+        "before_sweep": before_sweep(args.out),
         "heldout": list(dataset.image_names),
         "student_params": evaluated[0]["params"],
         "bicubic": bicubic,

@@ -19,7 +19,8 @@ from quality.health import summarize_run as summarize_health
 from quality.heldout import HELDOUT, check_disjoint
 from quality.measure import random_teacher
 from quality.plan import QUICK, RunSpec, round_iterations, student_spec
-from quality.report import explore_table, markdown, summarize, table
+from quality.report import before_after_table, explore_table, markdown, summarize, table
+from quality.results import before_sweep
 from quality.stats import beyond_noise, mean_sd, paired_difference, seconds_per_iteration
 from scipy import stats as scipy_stats
 
@@ -145,6 +146,36 @@ def test_summary_rows_and_table():
         "| 60 |"
     )
     assert "(reference)" in lines["| none"]
+
+
+def test_before_and_after_the_sweep_rows(tmp_path):
+    def summary(fakd):  # scratch the same before and after; FAKD's three seeds change
+        records = []
+        for seed, (none, f) in enumerate(zip((26.80, 26.82, 26.81), fakd)):
+            records += [_record("none", "equal_iterations", seed, none)]
+            records += [_record("fakd", "equal_iterations", seed, f, 0.3)]
+        return summarize(records)
+
+    old = {"git_commit": "a" * 40, "date": "2026-12-03T12:45:49+00:00"}
+    old["summary"] = summary((26.1, 26.7, 26.4))
+    (tmp_path / "quality_untuned.json").write_text(json.dumps(old))
+    before = before_sweep(tmp_path)
+    assert before["git_commit"] == "a" * 40 and before["file"].endswith("quality_untuned.json")
+    assert before_sweep(tmp_path / "absent") is None
+    after = summary((26.85, 26.90, 26.83))["equal_iterations"]
+    lines = {line.split(" | ")[0]: line for line in before_after_table(before["rows"], after)}
+    # before: d = (-0.70, -0.12, -0.41), mean -0.410, sd 0.290; after: d = (0.05, 0.08, 0.02), mean +0.050
+    expected = paired_difference({0: 26.1, 1: 26.7, 2: 26.4}, {0: 26.80, 1: 26.82, 2: 26.81})
+    assert expected["mean"] == pytest.approx(-0.41)
+    low, high = expected["ci"]
+    assert lines["| fakd"] == (
+        f"| fakd | 26.400 ± 0.300 | 26.860 ± 0.036 | {expected['mean']:+.3f} [{low:+.3f}, {high:+.3f}] "
+        "| +0.050 [-0.025, +0.125] |"
+    )
+    assert lines["| none"] == "| none | 26.810 ± 0.010 | 26.810 ± 0.010 | (reference) | (reference) |"
+    # a method in only one of the two results is left out
+    only_after = summarize([_record("fsp", "equal_iterations", s, 26.0) for s in (0, 1)])["equal_iterations"]
+    assert len(before_after_table(before["rows"], only_after)) == 2
 
 
 def test_explore_rows_compare_with_frozen_krnets_and_mkd():
@@ -304,6 +335,8 @@ def test_quick_writes_results_with_the_schema(quick_run):
     text = (quick_run / "quality.md").read_text()
     assert result["git_commit"] in text and "| method | iterations | PSNR_y (dB) |" in text
     assert "## Explore" in text and "| mkd_late |" in text and "## Meta signal" in text
+    assert "- loss weights: " in text and result["weights"] in text
+    assert "## Before and after" not in text  # no quality_untuned.json in the quick run's folder
     assert (quick_run / "quality_front.png").read_bytes()[:4] == b"\x89PNG"
     assert (quick_run / "cache" / "bench_quality.log").read_text().count("phase") >= 8
 
@@ -311,10 +344,19 @@ def test_quick_writes_results_with_the_schema(quick_run):
 def test_quick_rerun_trains_nothing_and_resumes_a_killed_run(quick_run, train_launches, capsys):
     before = json.loads((quick_run / "quality.json").read_text())
     launches = train_launches
-    again = bench_quality.main(["--quick", "--out", str(quick_run)])
+    # an earlier record of the regime beside it (here: this one) is set beside the equal-iteration rows
+    untuned = quick_run / "quality_untuned.json"
+    shutil.copy(quick_run / "quality.json", untuned)
+    try:
+        again = bench_quality.main(["--quick", "--out", str(quick_run)])
+    finally:
+        untuned.unlink()
     assert launches == []  # every run finished: nothing trained
     assert [r["psnr_y"] for r in again["runs"]] == [r["psnr_y"] for r in before["runs"]]
-    assert "| method | iterations |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| method | iterations |" in out and "## Before and after the loss-weight sweep" in out
+    assert again["before_sweep"]["git_commit"] == before["git_commit"]
+    assert "| none | " in out and "| (reference) | (reference) |" in out
     # a run killed after its last checkpoint (no eval.json, no stored record) is continued with resume=
     name = next(r["name"] for r in before["runs"] if r["method"] == "none")
     killed = quick_run / "cache" / "runs" / name
