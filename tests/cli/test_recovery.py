@@ -39,10 +39,38 @@ def _overrides(experiment: str, teacher_ckpt: Path) -> list[str]:
     return ["experiment=tiny_mkd", f"teacher.ckpt_path={teacher_ckpt}", *TEACHER, *RESUMABLE]
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_teacher_ckpt):
+    """The final ``last.ckpt`` of the 24-iteration run that never stopped, per experiment (trained once)."""
+    runs: dict[str, dict] = {}
+
+    def run(experiment: str) -> dict:
+        if experiment not in runs:
+            out = tmp_path_factory.mktemp(f"straight_{experiment}")
+            train(compose_train(out, _overrides(experiment, tiny_teacher_ckpt)))
+            last = out / "checkpoints" / "last.ckpt"
+            runs[experiment] = torch.load(last, map_location="cpu", weights_only=True)
+        return runs[experiment]
+
+    return run
+
+
+def _assert_same_run(straight: dict, resumed: dict, experiment: str, context: str) -> None:
+    assert straight["global_step"] == resumed["global_step"] == 24, context
+    keys = set(straight["state_dict"])
+    if experiment == "tiny_mkd":  # the KRNets and both optimizers are in it
+        assert (
+            any(k.startswith("distiller.kd_losses.") for k in keys) and len(straight["optimizer_states"]) == 2
+        )
+    diff = equal_state(straight["state_dict"], resumed["state_dict"], "state_dict")
+    diff += equal_state(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    diff += equal_state(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
+    assert not diff, f"{context}: differs in {diff[:5]}"
+
+
 @pytest.mark.parametrize("experiment", ["tiny_sr", "tiny_mkd"])
-def test_sigkill_mid_epoch_then_resume_is_bit_equal(tmp_path, tiny_teacher_ckpt, experiment):
+def test_sigkill_mid_epoch_then_resume_is_bit_equal(tmp_path, tiny_teacher_ckpt, straight_run, experiment):
     overrides = _overrides(experiment, tiny_teacher_ckpt)
-    train(compose_train(tmp_path / "straight", overrides))
     # a random iteration (not the tests' seeded one) that is neither a resume point nor an epoch end
     kill = random.SystemRandom().choice([i for i in range(EVERY + 1, 24) if i % EVERY and i % EPOCH])
     killed = cli_train(
@@ -56,21 +84,67 @@ def test_sigkill_mid_epoch_then_resume_is_bit_equal(tmp_path, tiny_teacher_ckpt,
     assert at == max(kill // EVERY * EVERY, VAL if kill > VAL else 0), f"killed at {kill}, resumed from {at}"
     assert at % EPOCH, f"resume point {at} is not mid-epoch"
     train(compose_train(tmp_path / "killed", [*overrides, f"resume={last}"]))
-
-    straight = torch.load(
-        tmp_path / "straight" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
     resumed = torch.load(last, map_location="cpu", weights_only=True)
-    assert straight["global_step"] == resumed["global_step"] == 24
-    keys = set(straight["state_dict"])
-    if experiment == "tiny_mkd":  # the KRNets and both optimizers are in it
-        assert (
-            any(k.startswith("distiller.kd_losses.") for k in keys) and len(straight["optimizer_states"]) == 2
-        )
-    diff = equal_state(straight["state_dict"], resumed["state_dict"], "state_dict")
-    diff += equal_state(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
-    diff += equal_state(straight["lr_schedulers"], resumed["lr_schedulers"], "lr_schedulers")
-    assert not diff, f"killed at {kill}, resumed from {at}: differs in {diff[:5]}"
+    _assert_same_run(straight_run(experiment), resumed, experiment, f"killed at {kill}, resumed from {at}")
+
+
+@pytest.mark.parametrize("experiment", ["tiny_sr", "tiny_mkd"])
+def test_finished_run_extended_with_more_steps_is_bit_equal(
+    tmp_path, tiny_teacher_ckpt, straight_run, experiment
+):
+    """A run that ``max_steps`` ended mid-epoch, resumed with a larger ``max_steps``, continues that epoch.
+
+    11 is neither a resume point (every 5) nor a validation (12) nor an epoch end (16): the file resumed
+    from is the one ``ModelCheckpoint`` writes at train end, after Lightning closed the cut epoch.
+    """
+    overrides = _overrides(experiment, tiny_teacher_ckpt)
+    run = tmp_path / "extended"
+    train(
+        compose_train(run, [o if o != "trainer.max_steps=24" else "trainer.max_steps=11" for o in overrides])
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, map_location="cpu", weights_only=True)
+    assert (stopped["global_step"], stopped["epoch"]) == (11, 0)
+    train(compose_train(run, [*overrides, f"resume={last}"]))
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    _assert_same_run(
+        straight_run(experiment), resumed, experiment, "stopped at 11 by max_steps, extended to 24"
+    )
+
+
+def _checkpoint(ready: int, completed: int, position: dict | None) -> dict:
+    counts = {"ready": ready, "started": ready, "processed": completed, "completed": completed}
+    fit_loop = {
+        "epoch_progress": {"current": dict(counts), "total": dict(counts)},
+        "state_dict": {"combined_loader": [position] if position else []},
+    }
+    return {"epoch": completed, "loops": {"fit_loop": fit_loop}}
+
+
+def _position(epoch: int, batches: int) -> dict:
+    return {"epoch": epoch, "batches": batches, "batch_size": 4, "items_per_rank": 64}  # 16 batches a pass
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "reopened"),
+    [
+        (_checkpoint(3, 3, _position(2, 11)), True),  # max_steps cut epoch 2 after 11 of 16 batches
+        (_checkpoint(3, 3, _position(2, 16)), False),  # epoch 2 ran to its end
+        (_checkpoint(3, 2, _position(2, 11)), False),  # a mid-epoch save: already open
+        (_checkpoint(3, 3, _position(1, 11)), False),  # the position belongs to another epoch
+        (_checkpoint(3, 3, None), False),  # no resumable loader
+    ],
+    ids=["cut", "full_pass", "open", "other_epoch", "no_loader"],
+)
+def test_keep_cut_epoch_open(checkpoint, reopened):
+    before = json.loads(json.dumps(checkpoint))
+    recovery.keep_cut_epoch_open(checkpoint)
+    if not reopened:
+        assert checkpoint == before
+        return
+    for counts in checkpoint["loops"]["fit_loop"]["epoch_progress"].values():
+        assert counts == {"ready": 3, "started": 3, "processed": 2, "completed": 2}
+    assert checkpoint["epoch"] == 2
 
 
 def test_nan_run_exits_nonzero_with_nothing_non_finite_on_disk(tmp_path):

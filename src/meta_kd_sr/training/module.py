@@ -30,6 +30,7 @@ from meta_kd_sr.meta.settings import MetaSettings, precision_problem
 from meta_kd_sr.meta.signal import MetaSignal
 from meta_kd_sr.models import accepts_features_only
 from meta_kd_sr.runtime.ddp import broadcast_, exclude_from_ddp
+from meta_kd_sr.training.recovery import keep_cut_epoch_open
 from meta_kd_sr.training.teacher import freeze_teacher
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -315,7 +316,12 @@ class SRModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the teacher out of checkpoints (rebuilt from its path); save the meta counters, trackers."""
+        """Keep the teacher out of checkpoints (rebuilt from its path); save the meta counters, trackers.
+
+        A checkpoint written after ``max_steps`` ended the fit mid-epoch continues that epoch on resume
+        (:func:`~meta_kd_sr.training.recovery.keep_cut_epoch_open`).
+        """
+        keep_cut_epoch_open(checkpoint)
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
         }

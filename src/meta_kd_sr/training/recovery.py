@@ -5,6 +5,8 @@
   It refuses to write non-finite tensors, and a failed save (full disk, read-only directory) stops the run.
 - :class:`ResumeCheckpoint` writes ``last.ckpt`` every ``every_n_steps`` iterations, mid-epoch included; with
   the resumable training loaders a resumed run is bit-identical to one that never stopped.
+- :func:`keep_cut_epoch_open` makes the checkpoint of a run that ``trainer.max_steps`` stopped mid-epoch
+  continue that epoch, so that a finished run extended with a larger ``max_steps`` is bit-identical too.
 - :func:`prepare_run_dir`, :func:`check_writable`, :func:`check_meta_split` and :func:`check_resume` refuse,
   before anything is trained, a run that would overwrite another one, an unwritable checkpoint directory,
   meta-learning without a meta split, and a ``resume=`` file that cannot continue this run.
@@ -81,6 +83,41 @@ class ResumeCheckpoint(pl.Callback):
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_at:
             trainer.save_checkpoint(self.path)
             self._saved_at = step
+
+
+def keep_cut_epoch_open(checkpoint: dict[str, Any]) -> None:
+    """Record an epoch that the run's end cut short as unfinished, as a mid-epoch resume point does.
+
+    When ``trainer.max_steps`` (or any stop) ends a fit mid-epoch, Lightning closes the epoch before the
+    end-of-fit saves (``ModelCheckpoint`` writes ``last.ckpt`` at train end). Resumed from that file with a
+    larger ``max_steps``, a run would start the next epoch with a new order instead of serving the rest of
+    the cut one. Where a training loader's saved position (see ``ResumableLoader``) lies inside the epoch
+    that the loop state calls finished, this puts the loop state back to "started, not finished"; on
+    resume Lightning then continues that epoch after the batches already trained on. Other checkpoints are
+    left as they are.
+    """
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not isinstance(fit_loop, dict) or "epoch_progress" not in fit_loop:
+        return
+    positions = fit_loop.get("state_dict", {}).get("combined_loader") or []
+    progress = fit_loop["epoch_progress"]
+    epoch = progress["current"]["ready"] - 1  # the index of the epoch being trained
+    if progress["current"]["completed"] != epoch + 1:
+        return  # the epoch is open: a mid-epoch save
+    if not any(_inside_pass(position, epoch) for position in positions):
+        return  # the epoch ran to its end (or no loader keeps its place)
+    for counts in (progress["current"], progress["total"]):
+        counts["processed"] = counts["completed"] = counts["ready"] - 1
+    checkpoint["epoch"] = epoch
+
+
+def _inside_pass(position: Any, epoch: int) -> bool:
+    """Whether a ``ResumableLoader`` position stopped part-way through pass ``epoch``."""
+    keys = ("epoch", "batches", "batch_size", "items_per_rank")
+    if not isinstance(position, dict) or not all(k in position for k in keys):
+        return False
+    per_pass = position["items_per_rank"] // position["batch_size"]
+    return position["epoch"] == epoch and 0 < position["batches"] < per_pass
 
 
 def check_writable(directory: str | os.PathLike) -> None:
