@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bench_quality
 import pytest
-from quality import store, sweep
+from quality import report_converged, store, sweep
 from quality.curve import converged, last_quarter_change
 from quality.heldout import HELDOUT, PHOTO_SETS, SWEEP_VAL, HeldoutPhotos, check_disjoint, score
 from quality.plan import QUICK, QUICK_CONVERGED, RunSpec, Sizes
@@ -32,6 +32,23 @@ def test_budget_rule_reads_the_last_quarter_of_the_curve():
         Sizes(**(QUICK.as_dict() | {"curve_points": 6}))
     with pytest.raises(ValueError, match="budget_ladder must increase"):
         Sizes(**(QUICK.as_dict() | {"budget_ladder": (8, 4)}))
+
+
+@pytest.mark.parametrize(
+    ("doubled", "says"),
+    [
+        ({"iterations": 4000, "psnr_y": 28.75, "gain_db": 0.11}, "more than the rule's 0.02 dB"),
+        ({"iterations": 4000, "psnr_y": 28.65, "gain_db": -0.01}, "also a plateau of the network"),
+        (None, "scratch for 4000 iterations): not run"),
+    ],
+    ids=["still_gains", "flat", "left_out"],
+)
+def test_doubling_check_line(doubled, says):
+    budget = {"iterations": 2000, "plateau_db": 0.02, "doubled": doubled}
+    line = report_converged.doubling_line(budget)
+    assert says in line and line.count("\n") == 0
+    if doubled is not None:
+        assert f"{doubled['psnr_y']:.3f} dB, {doubled['gain_db']:+.3f} dB" in line
 
 
 def test_sweep_photos_are_neither_trained_on_nor_held_out():
@@ -115,6 +132,10 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
         assert rung["last_quarter_db"] == pytest.approx(
             rung["curve"][-1]["psnr_y"] - rung["curve"][-2]["psnr_y"]
         )
+    doubled, rung = budget["doubled"], budget["ladder"][-1]  # scratch, first seed, for twice the budget
+    assert doubled["iterations"] == 2 * budget["iterations"] and len(doubled["curve"]) == 4
+    assert doubled["gain_db"] == pytest.approx(doubled["psnr_y"] - rung["psnr_y"])
+    assert doubled["psnr_y"] == pytest.approx(doubled["curve"][-1]["psnr_y"])
     runs = result["runs"]
     assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
         (m, s) for m in QUICK_CONVERGED.methods for s in QUICK_CONVERGED.seeds
@@ -134,6 +155,7 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
     assert rows["mkd"]["vs_scratch"]["psnr_y"]["n"] == len(QUICK_CONVERGED.seeds)
     text = (quick_regimes / "converged.md").read_text()
     assert "## Student budget" in text and "| mkd |" in text and "tuned by the sweep" in text
+    assert f"trained for {doubled['iterations']} iterations scores {doubled['psnr_y']:.3f} dB" in text
     signal = text.split("## Whole-run meta signal", 1)[1]  # z of every KRNet weight, pooled over the seeds
     seeds = len(QUICK_CONVERGED.seeds)
     assert rows["mkd"]["signal"]["runs"] == seeds and f"| mkd | {seeds} |" in signal
