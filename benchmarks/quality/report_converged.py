@@ -72,8 +72,8 @@ def doubling_line(budget: Mapping[str, Any]) -> str:
     if abs(check["gain_db"]) < threshold:
         return head + f": within the rule's {threshold} dB, so the budget is also a plateau of the network."
     return (
-        head + f": more than the rule's {threshold} dB. The rule finds the flat end of an {n}-iteration "
-        "schedule, not the network's ceiling; the methods below are compared at that fixed budget."
+        head + f": more than the rule's {threshold} dB, so a longer schedule still gains that much; the rule "
+        f"finds the flat end of a {n}-iteration schedule, and the methods below are compared at that budget."
     )
 
 
