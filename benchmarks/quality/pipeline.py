@@ -158,8 +158,10 @@ def run_phase(
     return records
 
 
-def every_seed(ctx: Context, methods: Sequence[str], iterations: Any, group: str) -> list[RunSpec]:
-    """``methods`` for every seed (seed-major: paired runs finish together).
+def every_seed(
+    ctx: Context, methods: Sequence[str], iterations: Any, group: str, seeds: Sequence[int] | None = None
+) -> list[RunSpec]:
+    """``methods`` for every seed (or ``seeds``), seed-major: paired runs finish together.
 
     ``iterations`` is one count for all, or a mapping method -> count.
     """
@@ -167,7 +169,7 @@ def every_seed(ctx: Context, methods: Sequence[str], iterations: Any, group: str
     count = (lambda m: iterations[m]) if isinstance(iterations, dict) else (lambda m: iterations)
     return [
         student_spec(s, m, seed, count(m), group, weights_for(m, ctx.tuned))
-        for seed in s.seeds
+        for seed in (s.seeds if seeds is None else seeds)
         for m in methods
     ]
 
@@ -335,12 +337,16 @@ def doubling_check(ctx: Context, rung: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run_converged(ctx: Context, threads_teacher: int | None) -> dict[str, Any]:
-    """Teacher, student budget, then every method (and lever) at that budget for every seed."""
+    """Teacher, student budget, every method (and lever) at that budget for every seed, then ``doubled``."""
     teacher = run_teacher(ctx, threads_teacher)
     budget = measure_budget(ctx)
-    methods = [*ctx.sizes.methods, *ctx.sizes.levers]
-    students = run_phase(ctx, "converged", every_seed(ctx, methods, budget["iterations"], "converged"))
-    return {"teacher": teacher, "students": students, "budget": budget}
+    s = ctx.sizes
+    students = run_phase(
+        ctx, "converged", every_seed(ctx, [*s.methods, *s.levers], budget["iterations"], "converged")
+    )
+    doubled = every_seed(ctx, s.doubled, 2 * budget["iterations"], "converged", s.seeds[: s.doubled_seeds])
+    at_double = run_phase(ctx, "twice the budget", doubled) if doubled else []
+    return {"teacher": teacher, "students": students, "budget": budget, "doubled": at_double}
 
 
 def check_only(sizes: Sizes, only: Sequence[str]) -> None:

@@ -104,6 +104,8 @@ class Sizes:
         curve_points: held-out evaluations along a converged scratch run (its last quarter spans two).
         plateau_db: the budget rule's threshold.
         levers: keys of ``LEVERS`` run beside ``methods`` (converged and levers regimes).
+        doubled: converged regime: methods also trained for twice the measured budget (must hold ``none``),
+            with the first ``doubled_seeds`` seeds, to see whether the ranking holds on a longer schedule.
         teacher_margin_db: the teacher's required lead over the converged scratch student.
     """
 
@@ -130,6 +132,8 @@ class Sizes:
     plateau_db: float = 0.02
     levers: tuple[str, ...] = ()
     teacher_margin_db: float = 0.5
+    doubled: tuple[str, ...] = ()
+    doubled_seeds: int = 0
 
     def __post_init__(self) -> None:
         for name in ("none", "mkd"):
@@ -147,12 +151,22 @@ class Sizes:
             raise ValueError(
                 f"curve_points must be a multiple of 4 (a quarter of the run), got {self.curve_points}"
             )
+        self._check_doubled()
         bad = [n for n in self.budget_ladder if n % self.curve_points]
         if bad or list(self.budget_ladder) != sorted(set(self.budget_ladder)):
             raise ValueError(
                 f"budget_ladder must increase and each budget divide by curve_points "
                 f"{self.curve_points}, got {self.budget_ladder}"
             )
+
+    def _check_doubled(self) -> None:
+        if not self.doubled:
+            return
+        outside = [m for m in self.doubled if m not in (*self.methods, *self.levers)]
+        if outside or "none" not in self.doubled:
+            raise ValueError(f"doubled must hold 'none' and methods of the regime, got {self.doubled}")
+        if not 2 <= self.doubled_seeds <= len(self.seeds):
+            raise ValueError(f"doubled_seeds must be 2 to {len(self.seeds)}, got {self.doubled_seeds}")
 
     @property
     def teacher_name(self) -> str:
@@ -240,6 +254,10 @@ CONVERGED = dataclasses.replace(
     budget_ladder=(2000, 4000, 8000, 16000, 32000),
     resume_every=1000,
     teacher_margin_db=1.0,
+    # does the texture loss's lead over scratch, and MKD's over frozen KRNets, hold on a schedule twice as
+    # long? 3 seeds: about an hour on 2 cores (mkd 0.21, mkd_frozen 0.09, none 0.02 CPU s/it at 2N = 4000)
+    doubled=("none", "mkd_frozen", "mkd"),
+    doubled_seeds=3,
 )
 QUICK_CONVERGED = dataclasses.replace(
     QUICK,
@@ -250,6 +268,8 @@ QUICK_CONVERGED = dataclasses.replace(
     budget_ladder=(4, 8),
     curve_points=4,
     teacher_margin_db=1.0,
+    doubled=("none", "mkd"),
+    doubled_seeds=2,
 )
 
 

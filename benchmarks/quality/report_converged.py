@@ -77,6 +77,24 @@ def doubling_line(budget: Mapping[str, Any]) -> str:
     )
 
 
+def doubled_lines(result: Mapping[str, Any]) -> list[str]:
+    """The methods trained for twice the budget (fewer seeds), paired as at the budget; none: no section."""
+    rows = result.get("doubled_summary") or []
+    if not rows:
+        return []
+    seeds = max(len(r["seeds"]) for r in rows)
+    return [
+        "## At twice the budget",
+        "",
+        f"The same paired statistics for {', '.join(r['method'] for r in rows)} trained for "
+        f"{rows[0]['iterations']} iterations (a cosine schedule over that length), {seeds} seeds: whether "
+        "the differences at the budget hold on a schedule twice as long.",
+        "",
+        *table(rows),
+        "",
+    ]
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """The whole report of the converged regime."""
     m, s, t, margin = result["machine"], result["sizes"], result["teacher"], result["teacher_margin"]
@@ -109,6 +127,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         *table(result["summary"]),
         "",
+        *doubled_lines(result),
         "## Meta signal (mean over seeds)",
         "",
         *health_table({"converged": result["summary"]}),

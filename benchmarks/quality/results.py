@@ -167,6 +167,7 @@ def collect_converged(
 
     dataset = HeldoutPhotos(HELDOUT, SCALE)
     students = with_paired_seeds(runs["students"], ctx)
+    doubled = with_paired_seeds(runs["doubled"], ctx)
     margin = pipeline.teacher_margin(runs["teacher"], students, ctx.sizes.teacher_margin_db)
     log_margin(ctx, runs["teacher"], margin)
     return {
@@ -178,6 +179,8 @@ def collect_converged(
         "budget": runs["budget"],
         "runs": students,
         "summary": report_converged.summarize(students),
+        "doubled_runs": doubled,
+        "doubled_summary": report_converged.summarize(doubled),
     }
 
 

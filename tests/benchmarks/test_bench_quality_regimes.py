@@ -32,6 +32,13 @@ def test_budget_rule_reads_the_last_quarter_of_the_curve():
         Sizes(**(QUICK.as_dict() | {"curve_points": 6}))
     with pytest.raises(ValueError, match="budget_ladder must increase"):
         Sizes(**(QUICK.as_dict() | {"budget_ladder": (8, 4)}))
+    converged_sizes = QUICK_CONVERGED.as_dict()
+    with pytest.raises(ValueError, match="doubled must hold 'none' and methods of the regime"):
+        Sizes(**(converged_sizes | {"doubled": ("mkd",)}))
+    with pytest.raises(ValueError, match="doubled must hold 'none' and methods of the regime"):
+        Sizes(**(converged_sizes | {"doubled": ("none", "fakd")}))  # not a method of this regime
+    with pytest.raises(ValueError, match="doubled_seeds must be 2 to 2, got 3"):
+        Sizes(**(converged_sizes | {"doubled_seeds": 3}))
 
 
 @pytest.mark.parametrize(
@@ -136,6 +143,17 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
     assert doubled["iterations"] == 2 * budget["iterations"] and len(doubled["curve"]) == 4
     assert doubled["gain_db"] == pytest.approx(doubled["psnr_y"] - rung["psnr_y"])
     assert doubled["psnr_y"] == pytest.approx(doubled["curve"][-1]["psnr_y"])
+    # the methods of ``doubled`` at 2N, paired like the budget's runs; scratch's first seed is the check's run
+    q = QUICK_CONVERGED
+    at_double = result["doubled_runs"]
+    assert sorted((r["method"], r["seed"]) for r in at_double) == sorted(
+        (m, seed) for m in q.doubled for seed in q.seeds[: q.doubled_seeds]
+    )
+    assert {r["iterations"] for r in at_double} == {doubled["iterations"]}
+    check = next(r for r in at_double if (r["method"], r["seed"]) == ("none", q.seeds[0]))
+    assert check["psnr_y"] == doubled["psnr_y"]
+    twice = {r["method"]: r for r in result["doubled_summary"]}
+    assert twice["mkd"]["vs_scratch"]["psnr_y"]["n"] == q.doubled_seeds
     runs = result["runs"]
     assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
         (m, s) for m in QUICK_CONVERGED.methods for s in QUICK_CONVERGED.seeds
@@ -156,6 +174,7 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
     text = (quick_regimes / "converged.md").read_text()
     assert "## Student budget" in text and "| mkd |" in text and "tuned by the sweep" in text
     assert f"trained for {doubled['iterations']} iterations scores {doubled['psnr_y']:.3f} dB" in text
+    assert "## At twice the budget" in text and f"| mkd | {doubled['iterations']} | 2 |" in text
     signal = text.split("## Whole-run meta signal", 1)[1]  # z of every KRNet weight, pooled over the seeds
     seeds = len(QUICK_CONVERGED.seeds)
     assert rows["mkd"]["signal"]["runs"] == seeds and f"| mkd | {seeds} |" in signal
