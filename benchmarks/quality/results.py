@@ -227,7 +227,7 @@ def dump(result: dict[str, Any], path: Path) -> None:
     """Write ``result`` as JSON, every run record in its public form (``quality.store.public``)."""
     out = path.parent
     result = dict(result)
-    for key in ("runs", "calibration"):
+    for key in ("runs", "calibration", "doubled_runs"):
         if key in result:
             result[key] = [store.public(r, out) for r in result[key]]
     if isinstance(result.get("teacher"), dict) and "student" in result["teacher"]:

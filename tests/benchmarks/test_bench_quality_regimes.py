@@ -150,6 +150,7 @@ def test_quick_converged_measures_the_budget_and_uses_the_tuned_weights(quick_re
         (m, seed) for m in q.doubled for seed in q.seeds[: q.doubled_seeds]
     )
     assert {r["iterations"] for r in at_double} == {doubled["iterations"]}
+    assert all("student" not in r and not Path(r["path"]).is_absolute() for r in at_double)
     check = next(r for r in at_double if (r["method"], r["seed"]) == ("none", q.seeds[0]))
     assert check["psnr_y"] == doubled["psnr_y"]
     twice = {r["method"]: r for r in result["doubled_summary"]}
@@ -231,6 +232,16 @@ def test_a_committed_student_rescores_to_its_row():
     scores = score(net, photos)["all"]
     assert scores["psnr_y"] == pytest.approx(record["psnr_y"], abs=1e-4) == row["psnr_y"]
     assert scores["ssim_y"] == pytest.approx(record["ssim_y"], abs=1e-6)
+
+
+def test_readme_tables_are_rows_of_the_committed_reports():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Headline result") : readme.index("## Documentation")]
+    reports = {name: (RESULTS / name).read_text() for name in ("converged.md", "levers.md")}
+    rows = [line for line in section.splitlines() if re.match(r"\| [a-z_0-9]+ \|", line)]
+    assert len(rows) >= 15, "the README's result tables went missing"
+    stale = [row for row in rows if not any(row in text.splitlines() for text in reports.values())]
+    assert not stale, f"README rows not in benchmarks/results/converged.md or levers.md: {stale}"
 
 
 def test_committed_results_name_no_machine_path():
