@@ -129,3 +129,16 @@ def test_resumable_loader_refuses_a_state_of_other_data():
         ValueError, match=r"served as \{'batch_size': 8, 'items_per_rank': 24\} but this run serves"
     ):
         _loader().load_state_dict({"epoch": 0, "batches": 2, "batch_size": 8, "items_per_rank": 24})
+
+
+@pytest.mark.parametrize(("done", "inside"), [(0, False), (1, True), (5, True), (6, False)])
+def test_resumable_loader_knows_a_state_stopped_inside_its_pass(done, inside):
+    loader = _loader()  # 24 items, batch 4: 6 batches a pass
+    loader.sampler.set_epoch(2)
+    for _ in zip(range(done), loader):
+        pass
+    state = loader.state_dict()
+    assert ResumableLoader.stopped_inside(state, 2) is inside
+    assert ResumableLoader.stopped_inside(state, 3) is False  # another epoch's pass
+    assert ResumableLoader.stopped_inside({"epoch": 2, "batches": 3}, 2) is False  # not a loader's state
+    assert ResumableLoader.stopped_inside(None, 2) is False

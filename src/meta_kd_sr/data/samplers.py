@@ -6,7 +6,7 @@ even when a Trainer is left at ``use_distributed_sampler=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any, cast
 
 import torch
@@ -115,6 +115,19 @@ class ResumableLoader(DataLoader):
             "batch_size": int(self.items_per_batch),
             "items_per_rank": len(self.train_sampler),
         }
+
+    @staticmethod
+    def stopped_inside(state: Any, epoch: int) -> bool:
+        """Whether a saved :meth:`state_dict` lies part-way through pass ``epoch`` (some batches, not all).
+
+        A pass holds ``items_per_rank // batch_size`` batches (``drop_last``). Anything that is not such a
+        state (another loader's) is not.
+        """
+        keys = ("epoch", "batches", "batch_size", "items_per_rank")
+        if not isinstance(state, Mapping) or not all(k in state for k in keys):
+            return False
+        per_pass = state["items_per_rank"] // state["batch_size"]
+        return state["epoch"] == epoch and 0 < state["batches"] < per_pass
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at ``state``; refuses a checkpoint whose batches or data differ from this loader's."""

@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from meta_kd_sr.data.samplers import ResumableLoader
 from meta_kd_sr.runtime.atomic import atomic_save, remove_stale_temporaries
 from meta_kd_sr.runtime.finite import first_nonfinite_name
 
@@ -104,20 +105,11 @@ def keep_cut_epoch_open(checkpoint: dict[str, Any]) -> None:
     epoch = progress["current"]["ready"] - 1  # the index of the epoch being trained
     if progress["current"]["completed"] != epoch + 1:
         return  # the epoch is open: a mid-epoch save
-    if not any(_inside_pass(position, epoch) for position in positions):
+    if not any(ResumableLoader.stopped_inside(position, epoch) for position in positions):
         return  # the epoch ran to its end (or no loader keeps its place)
     for counts in (progress["current"], progress["total"]):
         counts["processed"] = counts["completed"] = counts["ready"] - 1
     checkpoint["epoch"] = epoch
-
-
-def _inside_pass(position: Any, epoch: int) -> bool:
-    """Whether a ``ResumableLoader`` position stopped part-way through pass ``epoch``."""
-    keys = ("epoch", "batches", "batch_size", "items_per_rank")
-    if not isinstance(position, dict) or not all(k in position for k in keys):
-        return False
-    per_pass = position["items_per_rank"] // position["batch_size"]
-    return position["epoch"] == epoch and 0 < position["batches"] < per_pass
 
 
 def check_writable(directory: str | os.PathLike) -> None:
